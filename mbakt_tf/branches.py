@@ -1,0 +1,158 @@
+"""The multi-branch network: backbone, main head, auxiliary branches, main-branch cut.
+
+The network is one functional `keras.Model` from raw images to a dict:
+`main_logits`, `main_features` (the backbone's final feature map) and, for
+each auxiliary branch `branch_k` (k = 1 is the shallowest), `branch_k_logits`
+and `branch_k_features` (the stage's features after the adaptation block,
+shaped like `main_features`).
+
+Example:
+>>> from mbakt_tf import backbones
+>>> backbone = backbones.build_backbone("small_resnet8", (28, 28, 1))
+>>> network = build_multi_branch_network(backbone, num_classes=10)
+>>> sorted(network.output)[:3]
+['branch_1_features', 'branch_1_logits', 'branch_2_features']
+>>> main = main_branch_model(network)
+>>> tuple(main.output.shape)
+(None, 10)
+"""
+
+import math
+
+import keras
+
+from mbakt_tf import backbones as backbones_lib
+
+MAIN = "main"
+
+
+def branch_names(network):
+    """`["main", "branch_1", ...]` for a network built here, main first."""
+    names = sorted(
+        {key[: -len("_logits")] for key in network.output if key.endswith("_logits")} - {MAIN},
+        key=lambda n: int(n.split("_")[-1]),
+    )
+    return [MAIN] + names
+
+
+def classification_head(features, num_classes, name):
+    """Global average pooling and a float32 dense layer giving logits."""
+    pooled = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
+    return keras.layers.Dense(num_classes, dtype="float32", name=f"{name}_logits")(pooled)
+
+
+def adaptation_block(features, target_shape, separable, name):
+    """Brings a stage's feature map to `target_shape` (H, W, C) of the final features.
+
+    One stride-2 conv-BN-ReLU per halving of resolution (depthwise-separable
+    when `separable`), widening channels towards the target; a 1x1 conv-BN-ReLU
+    when the resolution already matches.
+    """
+    height, width, channels = target_shape
+    source_height, source_channels = features.shape[1], features.shape[-1]
+    steps = max(0, int(round(math.log2(source_height / height))))
+    x = features
+    if steps == 0:
+        x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv0")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn0")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu0")(x)
+    for step in range(steps):
+        step_channels = (
+            channels if step == steps - 1 else min(channels, source_channels * 2 ** (step + 1))
+        )
+        if separable:
+            conv = keras.layers.SeparableConv2D(
+                step_channels, 3, strides=2, padding="same", use_bias=False,
+                name=f"{name}_conv{step}",
+            )
+        else:
+            conv = keras.layers.Conv2D(
+                step_channels, 3, strides=2, padding="same", use_bias=False,
+                kernel_initializer="he_normal", name=f"{name}_conv{step}",
+            )
+        x = conv(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn{step}")(x)
+        x = keras.layers.ReLU(name=f"{name}_relu{step}")(x)
+    if tuple(x.shape[1:3]) != (height, width):
+        x = keras.layers.Resizing(height, width, name=f"{name}_resize")(x)
+    return x
+
+
+def resolve_branch_stages(num_stages, branch_stages=None):
+    """Stage indices (1 = shallowest) that get a branch; the last stage never does."""
+    candidates = list(range(1, num_stages))
+    if branch_stages is None:
+        return candidates[-3:]
+    bad = [s for s in branch_stages if s not in candidates]
+    if bad:
+        raise ValueError(
+            f"branch_stages {list(branch_stages)} includes {bad}: this backbone has "
+            f"{num_stages} stages, so branches can attach to stages {candidates} "
+            "(1 = shallowest; the last stage is the main branch)."
+        )
+    return sorted(set(branch_stages))
+
+
+def build_multi_branch_network(
+    backbone,
+    num_classes,
+    branch_stages=None,
+    with_branches=True,
+    adaptation="auto",
+    name="mbakt_network",
+):
+    """Builds the multi-branch network on `backbone` (a functional keras model).
+
+    Args:
+        backbone: a keras-cv backbone, or any functional model with
+            `pyramid_level_inputs` and a static input shape. The network feeds
+            it raw pixels: a backbone for [0, 255] images rescales them itself
+            (keras-cv's `include_rescaling=True`, as `build_backbone` does).
+        num_classes: number of classes of every head.
+        branch_stages: stage indices for auxiliary branches, see
+            `resolve_branch_stages`.
+        with_branches: False builds the plain network (main branch only).
+        adaptation: `"conv"`, `"separable"` or `"auto"` (separable for mobile
+            backbones).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    input_shape = tuple(backbone.input.shape[1:])
+    if len(input_shape) != 3 or None in input_shape:
+        raise ValueError(
+            "The backbone needs a static image input shape (height, width, channels), got "
+            f"{input_shape}: build it with an explicit input_shape."
+        )
+    images = backbone.input
+    stages = backbones_lib.stage_outputs(backbone)
+    main_features = stages[-1]
+    outputs = {
+        f"{MAIN}_features": main_features,
+        f"{MAIN}_logits": classification_head(main_features, num_classes, MAIN),
+    }
+    if with_branches:
+        if adaptation == "auto":
+            separable = backbones_lib.is_mobile_backbone(backbone)
+        else:
+            separable = adaptation == "separable"
+        chosen = resolve_branch_stages(len(stages), branch_stages)
+        for k, stage in enumerate(chosen, start=1):
+            branch = f"branch_{k}"
+            adapted = adaptation_block(
+                stages[stage - 1], tuple(main_features.shape[1:]), separable, f"{branch}_adapt"
+            )
+            outputs[f"{branch}_features"] = adapted
+            outputs[f"{branch}_logits"] = classification_head(adapted, num_classes, branch)
+    return keras.Model(images, outputs, name=name)
+
+
+def main_branch_model(network, name="main_branch"):
+    """The main branch alone: `keras.Model(image -> logits)` sharing the network's layers."""
+    return keras.Model(network.input, network.output[f"{MAIN}_logits"], name=name)
+
+
+def branch_model(network, branch, name=None):
+    """Auxiliary branch `branch` (e.g. `"branch_1"`) with the backbone up to its stage."""
+    if f"{branch}_logits" not in network.output:
+        raise ValueError(f"Unknown branch {branch!r}. This network has {branch_names(network)}.")
+    return keras.Model(network.input, network.output[f"{branch}_logits"], name=name or branch)

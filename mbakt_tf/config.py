@@ -1,0 +1,146 @@
+"""`MBAKTConfig`: every choice of the MBAKT training objective in one dataclass."""
+
+import dataclasses
+from typing import Optional, Tuple
+
+MODES = ("plain", "byot", "mbakt")
+TEACHERS = ("ensemble", "main")
+ADAPTATIONS = ("auto", "conv", "separable")
+ADVERSARIAL_INPUTS = ("probabilities", "features")
+
+
+@dataclasses.dataclass
+class MBAKTConfig:
+    """What the MBAKT training step optimises.
+
+    The generator loss is
+    `sum_k [(1 - alpha) * ce_k + alpha * kd_k] + beta * sum_k hint_k
+    + gamma(t) * sum_k adv_k`, with `gamma(t)` ramped linearly from 0 to
+    `gamma` over `adversarial_warmup_steps`.
+
+    Args:
+        mode: `"plain"` (main branch only, cross-entropy), `"byot"` (branches,
+            cross-entropy, distillation from the deepest classifier and feature
+            hints, no adversary) or `"mbakt"` (branches, ensemble teacher, all
+            four losses).
+        alpha: weight of the distillation term against cross-entropy, in [0, 1].
+        beta: weight of the feature-hint term, >= 0.
+        gamma: final weight of the adversarial term, >= 0.
+        temperature: distillation temperature, > 0. The discriminator also
+            sees probabilities softened by it.
+        adversarial_warmup_steps: optimizer steps over which gamma ramps up.
+        discriminator_steps: discriminator updates per generator update.
+        discriminator_label_smoothing: target for "real" is `1 - this`.
+        discriminator_units: hidden layer widths of the discriminator MLP.
+        adversarial_input: what the discriminator sees, `"probabilities"`
+            (class-probability vectors) or `"features"` (pooled features).
+        teacher: `"ensemble"` (mean of all branch logits) or `"main"` (the
+            deepest classifier, as in BYOT). `None` picks `"main"` for byot
+            and `"ensemble"` for mbakt.
+        branch_stages: indices (1 = shallowest) of the backbone stages that get
+            an auxiliary branch; `None` takes the deepest three stages before
+            the last.
+        adaptation: adaptation block kind, `"conv"` (strided conv-BN-ReLU),
+            `"separable"` (depthwise-separable) or `"auto"` (separable for
+            mobile backbones).
+
+    Example:
+    >>> config = MBAKTConfig(mode="mbakt", alpha=0.5, gamma=0.1)
+    >>> MBAKTConfig.from_dict(config.to_dict()) == config
+    True
+    """
+
+    mode: str = "mbakt"
+    alpha: float = 0.5
+    beta: float = 0.05
+    gamma: float = 0.1
+    temperature: float = 3.0
+    adversarial_warmup_steps: int = 500
+    discriminator_steps: int = 1
+    discriminator_label_smoothing: float = 0.1
+    discriminator_units: Tuple[int, ...] = (64, 64)
+    adversarial_input: str = "probabilities"
+    teacher: Optional[str] = None
+    branch_stages: Optional[Tuple[int, ...]] = None
+    adaptation: str = "auto"
+
+    def __post_init__(self):
+        self.discriminator_units = tuple(int(u) for u in self.discriminator_units)
+        if self.branch_stages is not None:
+            self.branch_stages = tuple(int(s) for s in self.branch_stages)
+        self.validate()
+
+    def validate(self):
+        """Raises `ValueError` naming the first field that makes no sense."""
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("adaptation", self.adaptation, ADAPTATIONS)
+        _check_choice("adversarial_input", self.adversarial_input, ADVERSARIAL_INPUTS)
+        if self.teacher is not None:
+            _check_choice("teacher", self.teacher, TEACHERS)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"MBAKTConfig.alpha must be in [0, 1], got {self.alpha}.")
+        for name in ("beta", "gamma", "discriminator_label_smoothing"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MBAKTConfig.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.discriminator_label_smoothing >= 0.5:
+            raise ValueError(
+                "MBAKTConfig.discriminator_label_smoothing must be < 0.5, got "
+                f"{self.discriminator_label_smoothing}."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"MBAKTConfig.temperature must be > 0, got {self.temperature}.")
+        if self.adversarial_warmup_steps < 0:
+            raise ValueError(
+                "MBAKTConfig.adversarial_warmup_steps must be >= 0, got "
+                f"{self.adversarial_warmup_steps}."
+            )
+        if self.discriminator_steps < 1:
+            raise ValueError(
+                f"MBAKTConfig.discriminator_steps must be >= 1, got {self.discriminator_steps}."
+            )
+        if not self.discriminator_units or min(self.discriminator_units) < 1:
+            raise ValueError(
+                "MBAKTConfig.discriminator_units must be positive widths, got "
+                f"{self.discriminator_units}."
+            )
+        if self.branch_stages is not None and (
+            not self.branch_stages or min(self.branch_stages) < 1
+        ):
+            raise ValueError(
+                "MBAKTConfig.branch_stages must be stage indices >= 1 (1 = shallowest), "
+                f"got {self.branch_stages}."
+            )
+
+    @property
+    def uses_branches(self):
+        return self.mode != "plain"
+
+    @property
+    def uses_adversary(self):
+        return self.mode == "mbakt" and self.gamma > 0
+
+    @property
+    def resolved_teacher(self):
+        if self.teacher is not None:
+            return self.teacher
+        return "main" if self.mode == "byot" else "ensemble"
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        values["discriminator_units"] = list(self.discriminator_units)
+        if self.branch_stages is not None:
+            values["branch_stages"] = list(self.branch_stages)
+        return values
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown MBAKTConfig fields: {unknown}. Known: {sorted(known)}.")
+        return cls(**values)
+
+
+def _check_choice(field, value, choices):
+    if value not in choices:
+        raise ValueError(f"MBAKTConfig.{field} must be one of {choices}, got {value!r}.")

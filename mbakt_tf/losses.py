@@ -1,0 +1,88 @@
+"""The four MBAKT loss terms as pure functions of tensors.
+
+Every function takes logits of shape `(..., num_classes)` (any leading batch
+and spatial dimensions), works in float32, and returns the mean over all
+non-ignored positions as a scalar. Teacher inputs are wrapped in
+`stop_gradient`, so no gradient flows into the teacher side.
+
+Example:
+>>> import numpy as np
+>>> logits = np.array([[2.0, 0.0], [0.0, 2.0]], "float32")
+>>> float(cross_entropy(np.array([0, 1]), logits))  # doctest: +ELLIPSIS
+0.1269...
+"""
+
+from keras import ops
+
+
+def _valid_mask(labels, ignore_label):
+    if ignore_label is None:
+        return ops.ones_like(labels, dtype="float32")
+    return ops.cast(ops.not_equal(labels, ignore_label), "float32")
+
+
+def _masked_mean(values, mask):
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def cross_entropy(labels, logits, ignore_label=None):
+    """Mean softmax cross-entropy of integer `labels` (shape `logits.shape[:-1]`).
+
+    Positions whose label equals `ignore_label` count neither in the sum nor
+    in the mean.
+    """
+    logits = ops.cast(logits, "float32")
+    labels = ops.cast(labels, "int32")
+    mask = _valid_mask(labels, ignore_label)
+    safe_labels = ops.where(mask > 0, labels, ops.zeros_like(labels))
+    log_probs = ops.log_softmax(logits, axis=-1)
+    picked = ops.take_along_axis(log_probs, ops.expand_dims(safe_labels, -1), axis=-1)
+    return _masked_mean(-ops.squeeze(picked, -1), mask)
+
+
+def distillation(teacher_logits, student_logits, temperature, labels=None, ignore_label=None):
+    """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, mean over positions."""
+    teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+    student_logits = ops.cast(student_logits, "float32")
+    teacher_log_probs = ops.log_softmax(teacher_logits / temperature, axis=-1)
+    student_log_probs = ops.log_softmax(student_logits / temperature, axis=-1)
+    kl = ops.sum(ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
+    if labels is None:
+        mask = ops.ones_like(kl)
+    else:
+        mask = _valid_mask(ops.cast(labels, "int32"), ignore_label)
+    return temperature**2 * _masked_mean(kl, mask)
+
+
+def hint(student_features, teacher_features):
+    """Mean squared distance between two feature maps of the same shape."""
+    teacher_features = ops.stop_gradient(ops.cast(teacher_features, "float32"))
+    student_features = ops.cast(student_features, "float32")
+    return ops.mean(ops.square(student_features - teacher_features))
+
+
+def discriminator_loss(real_logits, fake_logits, label_smoothing=0.0):
+    """Binary cross-entropy of the discriminator: real -> `1 - smoothing`, fake -> 0.
+
+    Returns the mean of the real-side and the fake-side losses.
+    """
+    real_logits = ops.cast(real_logits, "float32")
+    fake_logits = ops.cast(fake_logits, "float32")
+    real_target = 1.0 - label_smoothing
+    # BCE with logits: softplus(x) - target * x.
+    real = ops.mean(ops.softplus(real_logits) - real_target * real_logits)
+    fake = ops.mean(ops.softplus(fake_logits))
+    return 0.5 * (real + fake)
+
+
+def adversarial(fake_logits):
+    """Non-saturating generator loss `-log D(fake)`, mean over positions."""
+    return ops.mean(ops.softplus(-ops.cast(fake_logits, "float32")))
+
+
+def discriminator_accuracy(real_logits, fake_logits):
+    """Fraction of real inputs scored > 0 and fake inputs scored < 0."""
+    real_right = ops.cast(ops.greater(real_logits, 0.0), "float32")
+    fake_right = ops.cast(ops.less(fake_logits, 0.0), "float32")
+    total = ops.cast(ops.size(real_right) + ops.size(fake_right), "float32")
+    return (ops.sum(real_right) + ops.sum(fake_right)) / total

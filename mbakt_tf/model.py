@@ -1,0 +1,378 @@
+"""`MBAKT`: the keras.Model that trains a multi-branch network against a discriminator."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from mbakt_tf import backbones as backbones_lib
+from mbakt_tf import branches as branches_lib
+from mbakt_tf import losses
+from mbakt_tf.config import MBAKTConfig
+from mbakt_tf.discriminator import vector_discriminator
+
+ENSEMBLE = "ensemble"
+
+
+@keras.saving.register_keras_serializable(package="mbakt_tf")
+class MBAKT(keras.Model):
+    """Multi-Branched Adversarial Knowledge Transfer for image classification.
+
+    Wraps a multi-branch network (see `branches.build_multi_branch_network`)
+    and a discriminator. `train_step` runs one forward pass of the network,
+    updates the discriminator on stop-gradient outputs, then updates the
+    network with the generator loss of `MBAKTConfig`. `test_step` reports
+    every branch's and the ensemble's accuracy and loss. Calling the model
+    returns the main branch's logits; `main_model()` cuts the main branch out.
+
+    Example:
+    ```python
+    model = mbakt_tf.MBAKT.from_backbone(
+        "small_resnet8", num_classes=10, input_shape=(28, 28, 1),
+        config=mbakt_tf.MBAKTConfig(mode="mbakt"))
+    model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  d_optimizer=keras.optimizers.Adam(2e-4))
+    model.fit(train_ds, validation_data=val_ds, epochs=3)
+    model.evaluate(val_ds, return_dict=True)["main_accuracy"]
+    main = model.main_model()   # plain keras.Model(image -> logits)
+    ```
+    """
+
+    def __init__(self, network, discriminator=None, config=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = MBAKTConfig.from_dict(config)
+        self.config = config or MBAKTConfig()
+        self.network = network
+        self.discriminator = discriminator
+        self.branch_names = branches_lib.branch_names(network)
+        self.num_classes = int(network.output[f"{branches_lib.MAIN}_logits"].shape[-1])
+        if self.config.uses_branches and len(self.branch_names) < 2:
+            raise ValueError(f"mode={self.config.mode!r} needs auxiliary branches; the network has none.")
+        if self.config.uses_adversary and discriminator is None:
+            raise ValueError("mode='mbakt' with gamma > 0 needs a discriminator.")
+        self.d_optimizer = None
+        self._build_trackers()
+        self.built = True
+
+    @classmethod
+    def from_backbone(
+        cls, backbone, num_classes, input_shape=None, config=None, task="classification", name="mbakt"
+    ):
+        """Builds the model on a named backbone or a keras-cv backbone object.
+
+        Args:
+            backbone: a name from `backbones.available_backbones()` or a built
+                keras-cv backbone (any functional model with
+                `pyramid_level_inputs` and a static input shape).
+            num_classes: number of classes.
+            input_shape: `(height, width, channels)`; required with a name.
+            config: an `MBAKTConfig`; defaults to `MBAKTConfig()`.
+            task: only `"classification"` for now.
+        """
+        if task != "classification":
+            raise ValueError(f"Unknown task {task!r}; supported: 'classification'.")
+        config = config or MBAKTConfig()
+        if isinstance(backbone, str):
+            if input_shape is None:
+                raise ValueError("input_shape=(height, width, channels) is required with a backbone name.")
+            input_shape = tuple(input_shape)
+            if len(input_shape) != 3:
+                raise ValueError(
+                    f"input_shape must be (height, width, channels), got {input_shape} "
+                    f"(rank {len(input_shape)})."
+                )
+            backbone = backbones_lib.build_backbone(backbone, input_shape)
+        elif input_shape is not None and tuple(input_shape) != tuple(backbone.input.shape[1:]):
+            raise ValueError(
+                f"input_shape {tuple(input_shape)} differs from the backbone's "
+                f"{tuple(backbone.input.shape[1:])}."
+            )
+        network = branches_lib.build_multi_branch_network(
+            backbone,
+            num_classes,
+            branch_stages=config.branch_stages,
+            with_branches=config.uses_branches,
+            adaptation=config.adaptation,
+        )
+        discriminator = None
+        if config.uses_adversary:
+            if config.adversarial_input == "probabilities":
+                input_dim = num_classes
+            else:
+                input_dim = int(network.output["main_features"].shape[-1])
+            discriminator = vector_discriminator(input_dim, config.discriminator_units)
+        return cls(network, discriminator, config, name=name)
+
+    # ----------------------------------------------------------------- compile
+
+    def compile(self, g_optimizer=None, d_optimizer=None, **kwargs):
+        """Configures training.
+
+        Args:
+            g_optimizer: optimizer of the multi-branch network (the generator);
+                it becomes `model.optimizer`, so learning-rate callbacks act on
+                it. Defaults to SGD(0.05, momentum=0.9, nesterov=True).
+            d_optimizer: optimizer of the discriminator. Defaults to
+                Adam(2e-4, beta_1=0.5); ignored without an adversary.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`,
+                `steps_per_execution`, `run_eagerly`). `loss` and `metrics`
+                are not accepted: the losses come from `config`.
+        """
+        for key in ("loss", "metrics", "optimizer"):
+            if key in kwargs:
+                raise ValueError(
+                    f"MBAKT.compile takes no {key!r}: losses and metrics come from MBAKTConfig; "
+                    "pass g_optimizer= and d_optimizer=."
+                )
+        g_optimizer = keras.optimizers.get(
+            g_optimizer or keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
+        )
+        super().compile(optimizer=g_optimizer, **kwargs)
+        # Built here, inside the caller's strategy scope, on the right variables
+        # (never the discriminator's), so Keras and checkpoints see their state.
+        self.optimizer.build(self.network.trainable_variables)
+        if self.discriminator is not None:
+            d_optimizer = keras.optimizers.get(
+                d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
+            )
+            if self.dtype_policy.name == "mixed_float16" and not isinstance(
+                d_optimizer, keras.optimizers.LossScaleOptimizer
+            ):
+                d_optimizer = keras.optimizers.LossScaleOptimizer(d_optimizer)
+            d_optimizer.build(self.discriminator.trainable_variables)
+            self.d_optimizer = d_optimizer
+
+    def get_compile_config(self):
+        config = {"g_optimizer": keras.optimizers.serialize(self.optimizer)}
+        if self.d_optimizer is not None:
+            config["d_optimizer"] = keras.optimizers.serialize(self.d_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        self.compile(
+            g_optimizer=keras.optimizers.deserialize(config["g_optimizer"]),
+            d_optimizer=(
+                keras.optimizers.deserialize(config["d_optimizer"]) if "d_optimizer" in config else None
+            ),
+        )
+
+    # ----------------------------------------------------------------- metrics
+
+    def _build_trackers(self):
+        mean = keras.metrics.Mean
+        self.loss_tracker = mean(name="loss")
+        self.term_trackers = {
+            term: mean(name=term) for term in ("ce", "kd", "hint", "adv", "d_loss", "d_accuracy")
+        }
+        heads = self.branch_names + ([ENSEMBLE] if len(self.branch_names) > 1 else [])
+        self.accuracy_trackers = {
+            head: keras.metrics.SparseCategoricalAccuracy(name=f"{head}_accuracy") for head in heads
+        }
+        self.head_loss_trackers = {head: mean(name=f"{head}_loss") for head in heads}
+
+    @property
+    def metrics(self):
+        return (
+            [self.loss_tracker]
+            + list(self.term_trackers.values())
+            + list(self.accuracy_trackers.values())
+            + list(self.head_loss_trackers.values())
+        )
+
+    def _train_metric_names(self):
+        names = ["loss", "ce"]
+        if self.config.uses_branches:
+            names += ["kd", "hint"]
+        if self.config.uses_adversary:
+            names += ["adv", "d_loss", "d_accuracy"]
+        return names + [f"{head}_accuracy" for head in self.accuracy_trackers]
+
+    # ------------------------------------------------------------ forward pass
+
+    def call(self, images, training=False):
+        """Main-branch logits."""
+        return self.network(images, training=training)[f"{branches_lib.MAIN}_logits"]
+
+    def branch_logits(self, images, training=False):
+        """Dict of logits of every branch and of the ensemble."""
+        outputs = self.network(images, training=training)
+        logits = {b: outputs[f"{b}_logits"] for b in self.branch_names}
+        if len(self.branch_names) > 1:
+            logits[ENSEMBLE] = self._ensemble(list(logits.values()))
+        return logits
+
+    @staticmethod
+    def _ensemble(logits):
+        return ops.mean(ops.stack(logits, axis=0), axis=0)
+
+    def _teacher(self, logits):
+        if self.config.resolved_teacher == "main":
+            return ops.stop_gradient(logits[0])
+        return ops.stop_gradient(self._ensemble(logits))
+
+    def _adversary_inputs(self, outputs, logits, teacher):
+        """(real, [fake per branch]) as the discriminator sees them, float32."""
+        if self.config.adversarial_input == "probabilities":
+            t = self.config.temperature
+            real = ops.softmax(teacher / t, axis=-1)
+            fakes = [ops.softmax(z / t, axis=-1) for z in logits]
+        else:
+            pooled = [
+                ops.cast(ops.mean(outputs[f"{b}_features"], axis=(1, 2)), "float32")
+                for b in self.branch_names
+            ]
+            real = ops.stop_gradient(ops.mean(ops.stack(pooled, 0), 0))
+            fakes = pooled
+        return real, fakes
+
+    # ------------------------------------------------------------------- steps
+
+    def _check_batch(self, images, labels):
+        if len(images.shape) != 4:
+            raise ValueError(
+                f"MBAKT expects image batches of rank 4 (batch, height, width, channels), "
+                f"got shape {images.shape}."
+            )
+        labels = ops.cast(labels, "int32")
+        if len(labels.shape) == 2 and labels.shape[-1] == 1:
+            labels = ops.squeeze(labels, -1)
+        if len(labels.shape) != 1:
+            raise ValueError(f"MBAKT expects integer class labels of shape (batch,), got {labels.shape}.")
+        tf.debugging.assert_non_negative(labels, message="labels must be >= 0")
+        tf.debugging.assert_less(
+            labels, self.num_classes, message=f"labels must be < num_classes={self.num_classes}"
+        )
+        return labels
+
+    def _generator_terms(self, labels, outputs, logits, teacher):
+        cfg = self.config
+        ce = [losses.cross_entropy(labels, z) for z in logits]
+        if not cfg.uses_branches:
+            return {"ce": ce[0]}, ce[0]
+        kd = [losses.distillation(teacher, z, cfg.temperature) for z in logits]
+        main_features = outputs[f"{branches_lib.MAIN}_features"]
+        hint = [
+            losses.hint(outputs[f"{b}_features"], main_features) for b in self.branch_names[1:]
+        ]
+        terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
+        total = (1.0 - cfg.alpha) * terms["ce"] + cfg.alpha * terms["kd"] + cfg.beta * terms["hint"]
+        return terms, total
+
+    def _discriminator_update(self, real, fakes):
+        cfg = self.config
+        real = ops.stop_gradient(real)
+        fake = ops.stop_gradient(ops.concatenate(fakes, axis=0))
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        for _ in range(cfg.discriminator_steps):
+            with tf.GradientTape() as tape:
+                real_logits = self.discriminator(real, training=True)
+                fake_logits = self.discriminator(fake, training=True)
+                d_loss = losses.discriminator_loss(
+                    real_logits, fake_logits, cfg.discriminator_label_smoothing
+                )
+                scaled = self.d_optimizer.scale_loss(d_loss / replicas)
+            variables = self.discriminator.trainable_variables
+            self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return d_loss, losses.discriminator_accuracy(real_logits, fake_logits)
+
+    def adversarial_weight(self):
+        """gamma(t): the adversarial weight at the current generator step."""
+        cfg = self.config
+        if cfg.adversarial_warmup_steps == 0:
+            return ops.convert_to_tensor(cfg.gamma, "float32")
+        step = ops.cast(self.optimizer.iterations, "float32") + 1.0
+        return cfg.gamma * ops.minimum(1.0, step / float(cfg.adversarial_warmup_steps))
+
+    def train_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        labels = self._check_batch(images, labels)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        network_variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self.network(images, training=True)
+            logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
+            teacher = self._teacher(logits) if self.config.uses_branches else None
+            terms, total = self._generator_terms(labels, outputs, logits, teacher)
+            if self.config.uses_adversary:
+                real, fakes = self._adversary_inputs(outputs, logits, teacher)
+                with tape.stop_recording():
+                    terms["d_loss"], terms["d_accuracy"] = self._discriminator_update(real, fakes)
+                adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
+                terms["adv"] = ops.sum(ops.stack(adv))
+                total = total + self.adversarial_weight() * terms["adv"]
+            if self.network.losses:
+                total = total + ops.sum(ops.stack(self.network.losses))
+            scaled = self.optimizer.scale_loss(total / replicas)
+        gradients = tape.gradient(scaled, network_variables)
+        self.optimizer.apply_gradients(zip(gradients, network_variables))
+
+        self.loss_tracker.update_state(total)
+        for term, value in terms.items():
+            self.term_trackers[term].update_state(value)
+        self._update_accuracy(labels, logits)
+        return self._results(self._train_metric_names())
+
+    def test_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        labels = self._check_batch(images, labels)
+        outputs = self.network(images, training=False)
+        logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
+        heads = self._update_accuracy(labels, logits)
+        for head, z in heads.items():
+            self.head_loss_trackers[head].update_state(losses.cross_entropy(labels, z))
+        self.loss_tracker.update_state(losses.cross_entropy(labels, logits[0]))
+        names = ["loss"] + [f"{h}_accuracy" for h in heads] + [f"{h}_loss" for h in heads]
+        return self._results(names)
+
+    def _update_accuracy(self, labels, logits):
+        heads = dict(zip(self.branch_names, logits))
+        if len(logits) > 1:
+            heads[ENSEMBLE] = self._ensemble(logits)
+        for head, z in heads.items():
+            self.accuracy_trackers[head].update_state(labels, z)
+        return heads
+
+    def _results(self, names):
+        by_name = {m.name: m for m in self.metrics}
+        return {name: by_name[name].result() for name in names}
+
+    # ------------------------------------------------------------------ export
+
+    def main_model(self, name="main_branch"):
+        """The main branch as a plain `keras.Model(image -> logits)`.
+
+        It shares weights with this model and has exactly the parameters of
+        the plain network of the same configuration.
+        """
+        return branches_lib.main_branch_model(self.network, name=name)
+
+    def branch_model(self, branch, name=None):
+        """An auxiliary branch (e.g. `"branch_1"`) as a standalone early-exit model."""
+        return branches_lib.branch_model(self.network, branch, name=name)
+
+    # ----------------------------------------------------------- serialization
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            network=keras.saving.serialize_keras_object(self.network),
+            discriminator=(
+                None
+                if self.discriminator is None
+                else keras.saving.serialize_keras_object(self.discriminator)
+            ),
+            config=self.config.to_dict(),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects)
+        discriminator = config.pop("discriminator")
+        if discriminator is not None:
+            discriminator = keras.saving.deserialize_keras_object(discriminator, custom_objects)
+        mbakt_config = MBAKTConfig.from_dict(config.pop("config"))
+        for key in ("trainable", "dtype"):
+            config.pop(key, None)
+        return cls(network, discriminator, mbakt_config, **config)
