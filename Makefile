@@ -1,0 +1,46 @@
+# `make train` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup data train train-full test test-slow clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's package (offline); elsewhere see README "Data".
+data:
+	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST found in $(FASHION_MNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Put the four Fashion-MNIST IDX .gz files in ~/.keras/datasets/fashion-mnist (see README)"; \
+	fi
+
+# The quickstart: MBAKT on Fashion-MNIST, a few minutes on 2 CPU cores.
+train: setup data
+	$(PY) scripts/train.py --flagfile=flags/quickstart.cfg
+
+# The full Fashion-MNIST schedule.
+train-full: setup data
+	$(PY) scripts/train.py --flagfile=flags/fashion_mnist.cfg
+
+test: setup
+	$(PY) -m pytest
+
+# Tests marked slow (real data, longer training).
+test-slow: setup data
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

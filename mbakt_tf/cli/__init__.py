@@ -1,0 +1,1 @@
+"""absl entry points: each module defines its flags and a `main`; `run()` is the console script."""

@@ -1,0 +1,115 @@
+"""absl flag definitions grouped by concern, and their conversion to config objects.
+
+Only the scripts import this module; the library never reads flags.
+"""
+
+from absl import flags
+
+from mbakt_tf import backbones
+from mbakt_tf.config import ADAPTATIONS, ADVERSARIAL_INPUTS, MODES, TEACHERS, MBAKTConfig
+from mbakt_tf.training import OPTIMIZERS, SCHEDULES, TrainConfig
+
+FLAGS = flags.FLAGS
+
+
+def define_data_flags():
+    flags.DEFINE_string(
+        "dataset", "fashion_mnist",
+        "'fashion_mnist' (local IDX files), 'synthetic', or any TFDS image-classification name.",
+    )
+    flags.DEFINE_string(
+        "data_dir", None,
+        "Fashion-MNIST: folder with the four IDX .gz files (default: search "
+        "/usr/share/datasets/fashion-mnist, ~/.keras/datasets/fashion-mnist). TFDS: its data_dir.",
+    )
+    flags.DEFINE_integer("image_size", None, "Resize images to this square size (keeps native size if unset).")
+    flags.DEFINE_float("validation_fraction", 0.1, "Fraction of the train split held out for validation.")
+    flags.DEFINE_integer("train_limit", None, "Use only this many training examples (quick runs).")
+    flags.DEFINE_integer("test_limit", None, "Use only this many test examples (quick runs).")
+    flags.DEFINE_bool("augment", True, "Random translation (and flips) on the training split.")
+    flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+
+
+def define_model_flags():
+    flags.DEFINE_enum("backbone", "small_resnet8", backbones.available_backbones(), "Backbone name.")
+    flags.DEFINE_enum("mode", "mbakt", MODES, "plain: main branch only; byot: self-distillation; mbakt: all four losses.")
+    flags.DEFINE_float("alpha", 0.5, "Weight of distillation against cross-entropy, in [0, 1].")
+    flags.DEFINE_float("beta", 0.05, "Weight of the feature-hint loss.")
+    flags.DEFINE_float("gamma", 0.1, "Final weight of the adversarial loss.")
+    flags.DEFINE_float("temperature", 3.0, "Distillation temperature.")
+    flags.DEFINE_integer("adversarial_warmup_steps", 500, "Steps over which the adversarial weight ramps up from 0.")
+    flags.DEFINE_integer("discriminator_steps", 1, "Discriminator updates per generator update.")
+    flags.DEFINE_float("discriminator_label_smoothing", 0.1, "Real label of the discriminator is 1 - this.")
+    flags.DEFINE_list("discriminator_units", ["64", "64"], "Hidden widths of the discriminator MLP.")
+    flags.DEFINE_enum("adversarial_input", "probabilities", ADVERSARIAL_INPUTS, "What the discriminator sees.")
+    flags.DEFINE_enum("teacher", None, TEACHERS, "Distillation teacher (default: main for byot, ensemble for mbakt).")
+    flags.DEFINE_list("branch_stages", None, "Stage indices (1 = shallowest) with a branch; default: deepest 3 before the last.")
+    flags.DEFINE_enum("adaptation", "auto", ADAPTATIONS, "Adaptation block kind.")
+
+
+def define_training_flags():
+    flags.DEFINE_integer("epochs", 10, "Training epochs.")
+    flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS, "Optimizer of the network.")
+    flags.DEFINE_float("learning_rate", 0.05, "Initial learning rate of the network.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum (Nesterov).")
+    flags.DEFINE_float("weight_decay", 5e-4, "Weight decay of the network's optimizer.")
+    flags.DEFINE_enum("schedule", "cosine", SCHEDULES, "Learning-rate schedule.")
+    flags.DEFINE_float("d_learning_rate", 2e-4, "Adam learning rate of the discriminator.")
+    flags.DEFINE_integer("seed", 0, "Seed of weights, shuffling, augmentation and the validation carve.")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
+    flags.DEFINE_string("output_dir", "saved_models", "Runs are written to output_dir/run_name/.")
+    flags.DEFINE_string("run_name", None, "Run folder name (default: dataset_backbone_mode_seedN).")
+    flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def _int_list(values):
+    if values is None:
+        return None
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError as error:
+        raise flags.ValidationError(f"expected a comma-separated list of integers, got {values}") from error
+
+
+def mbakt_config_from_flags():
+    return MBAKTConfig(
+        mode=FLAGS.mode,
+        alpha=FLAGS.alpha,
+        beta=FLAGS.beta,
+        gamma=FLAGS.gamma,
+        temperature=FLAGS.temperature,
+        adversarial_warmup_steps=FLAGS.adversarial_warmup_steps,
+        discriminator_steps=FLAGS.discriminator_steps,
+        discriminator_label_smoothing=FLAGS.discriminator_label_smoothing,
+        discriminator_units=_int_list(FLAGS.discriminator_units),
+        adversarial_input=FLAGS.adversarial_input,
+        teacher=FLAGS.teacher,
+        branch_stages=_int_list(FLAGS.branch_stages),
+        adaptation=FLAGS.adaptation,
+    )
+
+
+def train_config_from_flags():
+    return TrainConfig(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        image_size=FLAGS.image_size,
+        validation_fraction=FLAGS.validation_fraction,
+        train_limit=FLAGS.train_limit,
+        test_limit=FLAGS.test_limit,
+        augment=FLAGS.augment,
+        backbone=FLAGS.backbone,
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
+        schedule=FLAGS.schedule,
+        d_learning_rate=FLAGS.d_learning_rate,
+        seed=FLAGS.seed,
+        jit_compile=FLAGS.jit_compile,
+        output_dir=FLAGS.output_dir,
+        run_name=FLAGS.run_name,
+        verbose=FLAGS.verbose,
+    )
