@@ -12,6 +12,7 @@ Example:
 """
 
 import keras
+import numpy as np
 
 SMALL_RESNETS = {
     "small_resnet8": dict(filters=(16, 32, 64), blocks=(1, 1, 1)),
@@ -168,3 +169,54 @@ def stage_layer_names(backbone):
 def stage_outputs(backbone):
     """Feature maps at the end of each stage, shallowest first; the last is the output."""
     return [backbone.get_layer(name).output for name in stage_layer_names(backbone)]
+
+
+_PROBE = np.linspace(-6.0, 6.0, 49).astype("float32")
+_KNOWN_ACTIVATIONS = ("silu", "relu", "gelu", "hard_silu", "sigmoid", "tanh")
+
+
+def _activation_for_lambda(layer):
+    """An `Activation` layer equal to a `Lambda` that only applies a known activation."""
+    if not isinstance(layer, keras.layers.Lambda):
+        return None
+    try:
+        values = np.asarray(layer.function(keras.ops.convert_to_tensor(_PROBE)))
+    except Exception:  # any function we cannot probe is left alone
+        return None
+    for name in _KNOWN_ACTIVATIONS:
+        expected = np.asarray(keras.activations.get(name)(_PROBE))
+        if values.shape == expected.shape and np.allclose(values, expected, atol=1e-6):
+            return keras.layers.Activation(name, name=layer.name)
+    return None
+
+
+def _has_lambda(layer):
+    return any(isinstance(sub, keras.layers.Lambda) for sub in [layer] + list(layer._flatten_layers()))
+
+
+def _replace_lambdas(layer):
+    replacement = _activation_for_lambda(layer)
+    if replacement is not None:
+        return replacement
+    if isinstance(layer, keras.Sequential) and _has_lambda(layer):
+        return keras.models.clone_model(layer, clone_function=_replace_lambdas)
+    return layer.__class__.from_config(layer.get_config())
+
+
+def without_lambda_activations(backbone):
+    """The backbone with `Lambda` activation layers turned into `Activation` layers.
+
+    keras-cv's CSPDarkNet wraps SiLU in `Lambda` layers, which `load_model`
+    refuses in safe mode. The copy gets the backbone's weights; a backbone
+    without such layers is returned as it is.
+    """
+    top_level = [layer for layer in backbone.layers if isinstance(layer, keras.Sequential)]
+    if not any(_has_lambda(layer) for layer in top_level) and not any(
+        isinstance(layer, keras.layers.Lambda) for layer in backbone.layers
+    ):
+        return backbone
+    functional = keras.Model(backbone.input, backbone.output, name=backbone.name)
+    cleaned = keras.models.clone_model(functional, clone_function=_replace_lambdas)
+    cleaned.set_weights(functional.get_weights())
+    cleaned.pyramid_level_inputs = dict(getattr(backbone, "pyramid_level_inputs", {}))
+    return cleaned

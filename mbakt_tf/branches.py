@@ -123,6 +123,7 @@ def build_multi_branch_network(
             "The backbone needs a static image input shape (height, width, channels), got "
             f"{input_shape}: build it with an explicit input_shape."
         )
+    backbone = backbones_lib.without_lambda_activations(backbone)
     images = backbone.input
     stages = backbones_lib.stage_outputs(backbone)
     main_features = stages[-1]

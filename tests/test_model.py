@@ -1,0 +1,227 @@
+import keras
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+import mbakt_tf
+from mbakt_tf import backbones, losses
+from tests.helpers import run_mbakt_model_test, tiny_batch, tiny_model
+
+
+class MBAKTModelTest(parameterized.TestCase):
+    def setUp(self):
+        keras.utils.set_random_seed(0)
+        self.images, self.labels = tiny_batch(input_shape=(16, 16, 1), num_classes=4)
+
+    @parameterized.named_parameters(
+        ("plain", "plain", 0), ("byot", "byot", 2), ("mbakt", "mbakt", 2),
+        ("mbakt_features", "mbakt", 2, {"adversarial_input": "features"}),
+        ("mbakt_one_branch", "mbakt", 1, {"branch_stages": (2,)}),
+    )
+    def test_modes(self, mode, expected_branches, extra=None):
+        model = tiny_model(mode=mode, **(extra or {}))
+        loaded = run_mbakt_model_test(
+            model, self.images, self.labels, self.create_tempdir().full_path, expected_branches
+        )
+        assert (loaded.discriminator is None) == (mode != "mbakt")
+        if mode == "mbakt":
+            assert loaded.d_optimizer is not None
+
+    def test_main_branch_has_the_plain_models_parameters(self):
+        for name in ("small_resnet8", "mobilenet_v3_small"):
+            shape = (16, 16, 1) if name.startswith("small") else (32, 32, 3)
+            plain = tiny_model(name, input_shape=shape, mode="plain").main_model()
+            mbakt = tiny_model(name, input_shape=shape, mode="mbakt")
+            assert mbakt.main_model().count_params() == plain.count_params()
+            assert mbakt.network.count_params() > plain.count_params()
+            main_layers = {layer.name for layer in mbakt.main_model().layers}
+            assert not any(n.startswith("branch_") for n in main_layers)
+            assert len(mbakt.main_model().weights) == len(plain.weights)
+
+    def test_train_step_updates_each_network_with_its_own_optimizer(self):
+        def snapshot(variables):
+            return [np.array(v) for v in variables]
+
+        def changed(before, variables):
+            return [not np.allclose(b, np.array(v)) for b, v in zip(before, variables)]
+
+        for frozen in ("generator", "discriminator"):
+            model = tiny_model(mode="mbakt")
+            g_lr, d_lr = (0.0, 1e-2) if frozen == "generator" else (0.1, 0.0)
+            model.compile(
+                g_optimizer=keras.optimizers.SGD(g_lr), d_optimizer=keras.optimizers.SGD(d_lr)
+            )
+            network_before = snapshot(model.network.trainable_variables)
+            d_before = snapshot(model.discriminator.trainable_variables)
+            model.train_on_batch(self.images, self.labels)
+            network_changed = changed(network_before, model.network.trainable_variables)
+            d_changed = changed(d_before, model.discriminator.trainable_variables)
+            if frozen == "generator":
+                assert not any(network_changed)
+                assert all(d_changed)
+            else:
+                assert sum(network_changed) >= len(network_changed) - 2
+                assert not any(d_changed)
+            assert int(model.optimizer.iterations) == 1
+            assert int(model.d_optimizer.iterations) == 1
+
+    def test_discriminator_steps_run_that_many_updates(self):
+        model = tiny_model(mode="mbakt", discriminator_steps=3)
+        model.train_on_batch(self.images, self.labels)
+        assert int(model.d_optimizer.iterations) == 3
+
+    @parameterized.parameters("plain", "byot", "mbakt")
+    def test_reported_loss_is_the_configured_objective(self, mode):
+        model = tiny_model(mode=mode, alpha=0.3, beta=0.2, gamma=0.5)
+        model.compile(g_optimizer=keras.optimizers.SGD(0.0), d_optimizer=keras.optimizers.SGD(0.0))
+        outputs = model.network(self.images, training=True)
+        logits = [outputs[f"{b}_logits"] for b in model.branch_names]
+        ce = [float(losses.cross_entropy(self.labels, z)) for z in logits]
+        logs = model.train_on_batch(self.images, self.labels, return_dict=True)
+        if mode == "plain":
+            assert set(logs) == {"loss", "ce", "main_accuracy"}
+            np.testing.assert_allclose(logs["loss"], ce[0], rtol=1e-4)
+            return
+        teacher = logits[0] if mode == "byot" else np.mean(np.stack(logits), 0)
+        kd = sum(float(losses.distillation(teacher, z, 3.0)) for z in logits)
+        hint = sum(
+            float(losses.hint(outputs[f"{b}_features"], outputs["main_features"]))
+            for b in model.branch_names[1:]
+        )
+        expected = 0.7 * sum(ce) + 0.3 * kd + 0.2 * hint
+        np.testing.assert_allclose(logs["kd"], kd, rtol=1e-4)
+        np.testing.assert_allclose(logs["hint"], hint, rtol=1e-4)
+        if mode == "byot":
+            assert "adv" not in logs and "d_loss" not in logs
+            np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+        else:
+            t = 3.0
+            fakes = [keras.ops.softmax(z / t) for z in logits]
+            adv = sum(float(losses.adversarial(model.discriminator(f))) for f in fakes)
+            np.testing.assert_allclose(logs["adv"], adv, rtol=1e-4)
+            np.testing.assert_allclose(logs["loss"], expected + 0.5 * adv, rtol=1e-4)
+
+    def test_adversarial_weight_ramps_up(self):
+        model = tiny_model(mode="mbakt", gamma=0.4, adversarial_warmup_steps=4)
+        weights = []
+        for _ in range(5):
+            weights.append(float(model.adversarial_weight()))
+            model.train_on_batch(self.images, self.labels)
+        np.testing.assert_allclose(weights, [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)
+
+    def test_fit_with_callbacks_and_validation(self):
+        model = tiny_model(mode="mbakt")
+        seen = []
+        counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(logs))
+        csv_path = self.create_tempdir().full_path + "/log.csv"
+        history = model.fit(
+            self.images, self.labels, batch_size=4, epochs=3, verbose=0,
+            validation_data=(self.images, self.labels),
+            callbacks=[
+                counter,
+                keras.callbacks.CSVLogger(csv_path),
+                keras.callbacks.EarlyStopping(monitor="val_main_accuracy", mode="max", patience=100),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", patience=0, factor=0.5, min_lr=1e-5),
+            ],
+        )
+        assert len(seen) == 6 and "d_loss" in seen[0] and "branch_1_accuracy" in seen[0]
+        assert len(history.history["val_ensemble_accuracy"]) == 3
+        with open(csv_path) as f:
+            header = f.readline()
+        assert "val_branch_2_accuracy" in header and "d_accuracy" in header
+
+    def test_keras_cv_backbone_object(self):
+        import keras_cv
+
+        backbone = keras_cv.models.CSPDarkNetBackbone(
+            stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
+            include_rescaling=True, input_shape=(32, 32, 3),
+        )
+        model = mbakt_tf.MBAKT.from_backbone(backbone, num_classes=3)
+        model.compile()
+        images, labels = tiny_batch((32, 32, 3), num_classes=3)
+        run_mbakt_model_test(model, images, labels, self.create_tempdir().full_path, 3)
+
+
+class BadInputTest(parameterized.TestCase):
+    def test_unknown_backbone(self):
+        with self.assertRaisesRegex(ValueError, "Unknown backbone 'resnet1000'.*small_resnet8"):
+            mbakt_tf.MBAKT.from_backbone("resnet1000", 10, (28, 28, 1))
+
+    def test_wrong_input_shape_rank(self):
+        with self.assertRaisesRegex(ValueError, "input_shape must be .height, width, channels"):
+            mbakt_tf.MBAKT.from_backbone("small_resnet8", 10, (28, 28))
+
+    def test_wrong_image_rank_in_fit(self):
+        model = tiny_model()
+        images, labels = tiny_batch()
+        with self.assertRaisesRegex(ValueError, "rank 4"):
+            model.fit(images[..., 0], labels, batch_size=4, verbose=0)
+
+    def test_labels_out_of_range(self):
+        model = tiny_model(num_classes=4)
+        images, labels = tiny_batch(num_classes=4)
+        labels[0] = 4
+        with self.assertRaisesRegex(Exception, "labels must be < num_classes=4"):
+            model.fit(images, labels, batch_size=8, verbose=0)
+
+    def test_unknown_branch_stage(self):
+        with self.assertRaisesRegex(ValueError, "branch_stages .*5.*stages \\[1, 2\\]"):
+            tiny_model(branch_stages=(5,))
+
+    def test_compile_rejects_loss(self):
+        model = tiny_model()
+        with self.assertRaisesRegex(ValueError, "takes no 'loss'"):
+            model.compile(loss="mse")
+
+    @parameterized.parameters(
+        ({"alpha": 1.5}, "alpha must be in \\[0, 1\\]"),
+        ({"beta": -1.0}, "beta must be >= 0"),
+        ({"gamma": -0.1}, "gamma must be >= 0"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"mode": "fancy"}, "mode must be one of"),
+        ({"discriminator_steps": 0}, "discriminator_steps must be >= 1"),
+        ({"discriminator_label_smoothing": 0.7}, "label_smoothing must be < 0.5"),
+        ({"teacher": "oracle"}, "teacher must be one of"),
+        ({"branch_stages": ()}, "branch_stages must be stage indices"),
+    )
+    def test_config_rejects_nonsense(self, kwargs, message):
+        with self.assertRaisesRegex(ValueError, message):
+            mbakt_tf.MBAKTConfig(**kwargs)
+
+    def test_config_round_trip_and_unknown_field(self):
+        config = mbakt_tf.MBAKTConfig(mode="byot", branch_stages=(1, 2), discriminator_units=(8,))
+        assert mbakt_tf.MBAKTConfig.from_dict(config.to_dict()) == config
+        with self.assertRaisesRegex(ValueError, "Unknown MBAKTConfig fields: \\['gama'\\]"):
+            mbakt_tf.MBAKTConfig.from_dict({"gama": 1.0})
+
+
+@pytest.mark.parametrize("name", ["small_resnet8", "resnet18", "mobilenet_v3_small", "cspdarknet_tiny"])
+def test_named_backbones_build_and_expose_stages(name):
+    shape = (16, 16, 1) if name.startswith("small") else (32, 32, 3)
+    backbone = backbones.build_backbone(name, shape)
+    stages = backbones.stage_outputs(backbone)
+    assert len(stages) >= 3
+    assert stages[-1] is backbone.output
+    heights = [s.shape[1] for s in stages]
+    assert heights == sorted(heights, reverse=True)
+    network = mbakt_tf.branches.build_multi_branch_network(backbone, num_classes=5)
+    outputs = network(np.zeros((1,) + shape, "float32"))
+    assert len([k for k in outputs if k.endswith("_logits")]) == 1 + min(3, len(stages) - 1)
+
+
+def test_lambda_activations_are_replaced_without_changing_outputs():
+    import keras_cv
+
+    backbone = keras_cv.models.CSPDarkNetBackbone(
+        stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
+        include_rescaling=True, input_shape=(32, 32, 3),
+    )
+    cleaned = backbones.without_lambda_activations(backbone)
+    assert cleaned is not backbone
+    assert not [layer for layer in cleaned.layers if isinstance(layer, keras.layers.Lambda)]
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(cleaned(images), backbone(images), atol=1e-5)
+    assert cleaned.pyramid_level_inputs == backbone.pyramid_level_inputs
+    plain = backbones.build_backbone("small_resnet8", (16, 16, 1))
+    assert backbones.without_lambda_activations(plain) is plain
