@@ -175,6 +175,7 @@ def train(train_config, mbakt_config, callbacks=(), splits=None):
         epochs=train_config.epochs,
         callbacks=list(callbacks),
         verbose=train_config.verbose,
+        shuffle=False,  # the tf.data pipeline shuffles with the run's seed
     )
     train_seconds = time.time() - start
     test_results = model.evaluate(splits.test, return_dict=True, verbose=0)

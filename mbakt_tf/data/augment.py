@@ -56,4 +56,6 @@ def build_augmentation(image_shape, pad=None, flip=False, seed=None, name="augme
                 "horizontal", seed=None if seed is None else seed + 1, name=f"{name}_flip",
             )
         )
+    if not layers:
+        return keras.layers.Identity(name=name)
     return keras.Sequential(layers, name=name)

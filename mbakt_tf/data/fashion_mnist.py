@@ -30,8 +30,9 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 DEFAULT_SEARCH_DIRS = (
-    "/usr/share/datasets/fashion-mnist",  # apt-get install dataset-fashion-mnist
+    DEBIAN_DIR,
     os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "datasets", "fashion-mnist"),
 )
 
@@ -79,7 +80,7 @@ def find_files(data_dir=None):
         + "\n".join(problems)
         + "\nTo get the data, do one of:\n"
         "  * apt-get install dataset-fashion-mnist   (Debian/Ubuntu; installs them in "
-        f"{DEFAULT_SEARCH_DIRS[0]})\n"
+        f"{DEBIAN_DIR})\n"
         f"  * download the four files {', '.join(FILES.values())} from {DOWNLOAD_URL} "
         "(data/fashion) into one of the directories above\n"
         "  * pass data_dir=<directory that holds the four files>\n"

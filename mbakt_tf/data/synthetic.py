@@ -1,16 +1,19 @@
 """Deterministic synthetic image classification data that a model can learn.
 
-Each class has a fixed random prototype: a coarse random grid upsampled to the
-image size, so it is smooth and survives a few pixels of translation. An
-example is its class's prototype at a random contrast plus pixel noise,
-clipped to [0, 255]. Prototypes depend only on `seed`; the examples and
-labels also depend on `split`, so train and test share classes but not
-examples. Classes are balanced.
+Each class has a fixed prototype: a sinusoidal grating with its own
+orientation and period (classes are spread over a grid of angles and two
+periods) and its own phase and per-channel tint. Orientation and period are
+local features, so convolutional networks with global pooling learn them, and
+a few pixels of translation keep the class; horizontal flips do not (they
+mirror the angle). An example is its class's prototype at a random contrast
+and brightness plus pixel noise, clipped to [0, 255]. Prototypes depend only
+on `seed`; examples and labels also depend on `split`, so train and test share
+classes but not examples. Classes are balanced.
 
 Example:
 >>> images, labels = make_synthetic(num_classes=4, image_shape=(8, 8, 1), num_examples=6)
 >>> images.shape, images.dtype.name, labels.tolist()
-((6, 8, 8, 1), 'float32', [3, 0, 2, 1, 2, 3])
+((6, 8, 8, 1), 'float32', [0, 0, 2, 3, 1, 1])
 """
 
 import zlib
@@ -20,8 +23,11 @@ import numpy as np
 DEFAULTS = dict(num_classes=10, image_shape=(28, 28, 1), num_train=2048, num_test=512)
 
 
-def class_prototypes(num_classes, image_shape, seed=0, grid=4):
-    """One smooth pattern per class, float32 in [0, 1], shape (num_classes, H, W, C).
+def class_prototypes(num_classes, image_shape, seed=0, periods=(4.0, 7.0)):
+    """One grating per class, float32 in [0, 1], shape (num_classes, H, W, C).
+
+    Class k has period `periods[k % len(periods)]` pixels and one of
+    `ceil(num_classes / len(periods))` evenly spaced angles in [0, pi).
 
     Example:
     >>> class_prototypes(3, (8, 8, 3)).shape
@@ -29,11 +35,16 @@ def class_prototypes(num_classes, image_shape, seed=0, grid=4):
     """
     height, width, channels = _check_shape(image_shape)
     rng = np.random.default_rng([seed, 0])
-    coarse = rng.uniform(size=(num_classes, grid, grid, channels))
-    # Nearest-neighbour upsampling of the coarse grid to H x W.
-    rows = np.arange(height) * grid // height
-    cols = np.arange(width) * grid // width
-    return coarse[:, rows][:, :, cols].astype(np.float32)
+    num_angles = -(-num_classes // len(periods))
+    k = np.arange(num_classes)
+    angle = np.pi * (k // len(periods) + rng.uniform()) / num_angles
+    period = np.asarray(periods, dtype=np.float64)[k % len(periods)]
+    phase = rng.uniform(0, 2 * np.pi, size=num_classes)
+    tint = rng.uniform(0.5, 1.0, size=(num_classes, 1, 1, channels))
+    y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    along = x[None] * np.cos(angle)[:, None, None] + y[None] * np.sin(angle)[:, None, None]
+    wave = 0.5 + 0.5 * np.sin(2 * np.pi * along / period[:, None, None] + phase[:, None, None])
+    return (wave[..., None] * tint).astype(np.float32)
 
 
 def make_synthetic(
