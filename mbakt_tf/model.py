@@ -238,11 +238,14 @@ class MBAKT(keras.Model):
             labels = ops.squeeze(labels, -1)
         if len(labels.shape) != 1:
             raise ValueError(f"MBAKT expects integer class labels of shape (batch,), got {labels.shape}.")
-        tf.debugging.assert_non_negative(labels, message="labels must be >= 0")
-        tf.debugging.assert_less(
-            labels, self.num_classes, message=f"labels must be < num_classes={self.num_classes}"
-        )
-        return labels
+        checks = [
+            tf.debugging.assert_non_negative(labels, message="labels must be >= 0"),
+            tf.debugging.assert_less(
+                labels, self.num_classes, message=f"labels must be < num_classes={self.num_classes}"
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(labels)
 
     def _generator_terms(self, labels, outputs, logits, teacher):
         cfg = self.config

@@ -1,0 +1,115 @@
+"""Like-for-like comparison of modes and ablations over seeds, resumable.
+
+Every variant trains on the same data, backbone, schedule and seeds; only the
+`MBAKTConfig` differs. A (variant, seed) whose `results.json` exists is read
+back instead of retrained, so an interrupted comparison continues where it
+stopped.
+
+Example:
+```python
+runs = run_comparison(TrainConfig(epochs=10), MBAKTConfig(), ["plain", "byot", "mbakt"],
+                      seeds=[0, 1, 2], out_dir="saved_models/compare")
+summary = summarize(runs)
+```
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from mbakt_tf.config import MBAKTConfig
+
+VARIANTS = ("plain", "byot", "mbakt")
+ABLATIONS = {
+    "mbakt_no_kd": dict(alpha=0.0),
+    "mbakt_no_hint": dict(beta=0.0),
+    "mbakt_no_adv": dict(gamma=0.0),
+    "mbakt_no_ensemble": dict(teacher="main"),
+}
+
+
+def variant_config(base, variant):
+    """The `MBAKTConfig` of `variant` ("plain", "byot", "mbakt" or an ablation)."""
+    if variant in VARIANTS:
+        return dataclasses.replace(base, mode=variant)
+    if variant in ABLATIONS:
+        return dataclasses.replace(base, mode="mbakt", **ABLATIONS[variant])
+    raise ValueError(f"Unknown variant {variant!r}; known: {list(VARIANTS) + list(ABLATIONS)}.")
+
+
+def run_dir_name(variant, seed):
+    return f"{variant}_seed{seed}"
+
+
+def load_finished_run(out_dir, variant, seed):
+    """The results.json of a finished (variant, seed), or None."""
+    path = os.path.join(out_dir, "runs", run_dir_name(variant, seed), "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=None, log=print):
+    """Trains every (variant, seed) not finished yet; returns {(variant, seed): results dict}.
+
+    `train_fn(train_config, mbakt_config)` defaults to `training.train`; it must
+    write `results.json` into `train_config.output_dir/train_config.run_name`.
+    """
+    if train_fn is None:
+        from mbakt_tf import training
+
+        train_fn = training.train
+    for variant in variants:
+        variant_config(base_config, variant)  # unknown names fail before any training
+    runs = {}
+    total = len(variants) * len(seeds)
+    for index, (seed, variant) in enumerate(((s, v) for s in seeds for v in variants), start=1):
+        finished = load_finished_run(out_dir, variant, seed)
+        if finished is not None:
+            log(f"[{index}/{total}] {variant} seed {seed}: finished before, read from disk")
+            runs[(variant, seed)] = finished
+            continue
+        log(f"[{index}/{total}] {variant} seed {seed}: training")
+        config = dataclasses.replace(
+            train_config, seed=seed, output_dir=os.path.join(out_dir, "runs"),
+            run_name=run_dir_name(variant, seed),
+        )
+        train_fn(config, variant_config(base_config, variant))
+        runs[(variant, seed)] = load_finished_run(out_dir, variant, seed)
+        if runs[(variant, seed)] is None:
+            raise RuntimeError(f"Training {variant} seed {seed} wrote no results.json.")
+    return runs
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype="float64")
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "n": int(len(values)), "values": values.tolist()}
+
+
+def summarize(runs, costs=None):
+    """Per variant: mean/std of every head's test accuracy, training time, and costs.
+
+    `costs` maps variant -> {"params": ..., "flops": ...} of its exported main branch.
+    """
+    by_variant = {}
+    for (variant, _), result in runs.items():
+        by_variant.setdefault(variant, []).append(result)
+    summary = {}
+    for variant, results in by_variant.items():
+        heads = sorted({k[: -len("_accuracy")] for r in results for k in r["test"] if k.endswith("_accuracy")})
+        entry = {
+            "accuracy": {
+                head: _mean_std([r["test"][f"{head}_accuracy"] for r in results if f"{head}_accuracy" in r["test"]])
+                for head in heads
+            },
+            "train_seconds": _mean_std([r["train_seconds"] for r in results]),
+            "main_params": results[0]["parameters"]["main"],
+        }
+        if costs and variant in costs:
+            entry.update(costs[variant])
+        summary[variant] = entry
+    return summary
