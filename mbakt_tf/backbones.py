@@ -14,6 +14,9 @@ Example:
 import keras
 import numpy as np
 
+# Batch-norm statistics that settle within a few hundred steps (Keras defaults to 0.99).
+BN_MOMENTUM = 0.9
+
 SMALL_RESNETS = {
     "small_resnet8": dict(filters=(16, 32, 64), blocks=(1, 1, 1)),
     "small_resnet14": dict(filters=(32, 64, 128), blocks=(2, 2, 2)),
@@ -95,7 +98,7 @@ def _conv_bn_relu(x, filters, strides, name):
         filters, 3, strides=strides, padding="same", use_bias=False,
         kernel_initializer="he_normal", name=f"{name}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -106,13 +109,13 @@ def _basic_block(x, filters, strides, name):
         filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
         name=f"{name}_2_conv",
     )(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_2_bn")(y)
+    y = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_2_bn")(y)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = keras.layers.Conv2D(
             filters, 1, strides=strides, use_bias=False, kernel_initializer="he_normal",
             name=f"{name}_shortcut_conv",
         )(x)
-        shortcut = keras.layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+        shortcut = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_shortcut_bn")(shortcut)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 

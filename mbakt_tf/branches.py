@@ -24,6 +24,8 @@ import keras
 from mbakt_tf import backbones as backbones_lib
 
 MAIN = "main"
+# Batch-norm statistics that settle within a few hundred steps (Keras defaults to 0.99).
+BN_MOMENTUM = 0.9
 
 
 def branch_names(network):
@@ -54,7 +56,7 @@ def adaptation_block(features, target_shape, separable, name):
     x = features
     if steps == 0:
         x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_conv0")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn0")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn0")(x)
         x = keras.layers.ReLU(name=f"{name}_relu0")(x)
     for step in range(steps):
         step_channels = (
@@ -71,7 +73,7 @@ def adaptation_block(features, target_shape, separable, name):
                 kernel_initializer="he_normal", name=f"{name}_conv{step}",
             )
         x = conv(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn{step}")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{step}")(x)
         x = keras.layers.ReLU(name=f"{name}_relu{step}")(x)
     if tuple(x.shape[1:3]) != (height, width):
         x = keras.layers.Resizing(height, width, name=f"{name}_resize")(x)
