@@ -113,3 +113,19 @@ def summarize(runs, costs=None):
             entry.update(costs[variant])
         summary[variant] = entry
     return summary
+
+
+def main_branch_costs(backbone, info, base_config, variants):
+    """{variant: {"params", "flops"}} of the exported main branch, from freshly built models."""
+    from mbakt_tf import flops
+    from mbakt_tf.model import MBAKT
+
+    costs = {}
+    for variant in variants:
+        model = MBAKT.from_backbone(
+            backbone, num_classes=info.num_classes, input_shape=info.input_shape,
+            config=variant_config(base_config, variant),
+        )
+        main = model.main_model()
+        costs[variant] = {"params": main.count_params(), "flops": flops.count_flops(main)}
+    return costs

@@ -1,0 +1,154 @@
+"""Training-step cost of MBAKT against the plain network, measured in one process.
+
+Every variant runs its compiled `train_step` on the same batch: warm-up calls
+(tracing, XLA compilation) are excluded, then `repeats` timed rounds of
+`steps` calls each; a round ends when its last loss reaches the host. The
+median round is reported. The variants split the extra time of MBAKT into its
+parts:
+
+- `plain`: main branch only, cross-entropy;
+- `branches`: the multi-branch network trained with cross-entropy only
+  (byot with alpha = beta = 0): the cost of the auxiliary branches;
+- `byot`: plus distillation and hint losses: the cost of the losses;
+- `mbakt`: plus the discriminator update and adversarial term.
+
+Example:
+```python
+report = benchmark_train_step("small_resnet8", (28, 28, 1), num_classes=10, batch_size=128)
+print(format_report(report))
+```
+"""
+
+import dataclasses
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mbakt_tf.config import MBAKTConfig
+from mbakt_tf.model import MBAKT
+
+VARIANTS = {
+    "plain": dict(mode="plain"),
+    "branches": dict(mode="byot", alpha=0.0, beta=0.0),
+    "byot": dict(mode="byot"),
+    "mbakt": dict(mode="mbakt"),
+}
+
+
+@dataclasses.dataclass
+class StepTiming:
+    variant: str
+    median_seconds: float
+    all_seconds: list
+    images_per_second: float
+
+
+def _compiled_step(model, jit_compile):
+    step = tf.function(model.train_step, jit_compile=jit_compile, reduce_retracing=True)
+    return step
+
+
+def time_train_step(model, batch, steps=10, repeats=5, warmup=3, jit_compile=False):
+    """Median seconds of one training step of `model` on `batch` (x, y)."""
+    step = _compiled_step(model, jit_compile)
+    for _ in range(warmup):
+        float(step(batch)["loss"])
+    rounds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            logs = step(batch)
+        float(logs["loss"])
+        rounds.append((time.perf_counter() - start) / steps)
+    return statistics.median(rounds), rounds
+
+
+def benchmark_train_step(
+    backbone,
+    input_shape,
+    num_classes=10,
+    batch_size=128,
+    variants=tuple(VARIANTS),
+    base_config=None,
+    steps=10,
+    repeats=5,
+    warmup=3,
+    jit_compile=False,
+    mixed_precision=False,
+    seed=0,
+    log=print,
+):
+    """Times each variant's train step on one random batch; returns a report dict."""
+    base_config = base_config or MBAKTConfig()
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        rng = np.random.default_rng(seed)
+        images = tf.constant(rng.uniform(0, 255, (batch_size,) + tuple(input_shape)).astype("float32"))
+        labels = tf.constant(rng.integers(0, num_classes, batch_size).astype("int32"))
+        timings = {}
+        for variant in variants:
+            keras.utils.set_random_seed(seed)
+            config = dataclasses.replace(base_config, **VARIANTS[variant])
+            model = MBAKT.from_backbone(backbone, num_classes, input_shape, config=config)
+            model.compile()
+            median, rounds = time_train_step(
+                model, (images, labels), steps=steps, repeats=repeats, warmup=warmup,
+                jit_compile=jit_compile,
+            )
+            timings[variant] = StepTiming(variant, median, rounds, batch_size / median)
+            log(f"{variant:>9}: {1000 * median:8.2f} ms/step  {batch_size / median:9.1f} images/s")
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    report = {
+        "backbone": backbone if isinstance(backbone, str) else backbone.name,
+        "input_shape": list(input_shape),
+        "batch_size": batch_size,
+        "jit_compile": jit_compile,
+        "mixed_precision": mixed_precision,
+        "steps": steps,
+        "repeats": repeats,
+        "timings": {k: dataclasses.asdict(v) for k, v in timings.items()},
+    }
+    if "plain" in timings:
+        plain = timings["plain"].median_seconds
+        report["ratio_to_plain"] = {k: v.median_seconds / plain for k, v in timings.items()}
+    order = [v for v in VARIANTS if v in timings]
+    report["extra_seconds"] = {
+        later: timings[later].median_seconds - timings[earlier].median_seconds
+        for earlier, later in zip(order, order[1:])
+    }
+    return report
+
+
+_PARTS = {
+    "branches": "auxiliary branches (forward + backward)",
+    "byot": "distillation + hint losses",
+    "mbakt": "discriminator update + adversarial term",
+}
+
+
+def format_report(report):
+    """A plain-text summary: time per variant, ratio to plain, where the extra time goes."""
+    lines = [
+        f"backbone {report['backbone']}, input {tuple(report['input_shape'])}, batch "
+        f"{report['batch_size']}, jit_compile={report['jit_compile']}, "
+        f"mixed_precision={report['mixed_precision']}; median of {report['repeats']} rounds "
+        f"x {report['steps']} steps",
+        f"{'variant':>9}  {'ms/step':>8}  {'images/s':>9}  {'x plain':>7}",
+    ]
+    for variant, timing in report["timings"].items():
+        ratio = report.get("ratio_to_plain", {}).get(variant)
+        lines.append(
+            f"{variant:>9}  {1000 * timing['median_seconds']:8.2f}  "
+            f"{timing['images_per_second']:9.1f}  {'-' if ratio is None else f'{ratio:7.3f}'}"
+        )
+    if report["extra_seconds"]:
+        lines.append("where the extra time goes (difference to the variant above):")
+        for variant, seconds in report["extra_seconds"].items():
+            lines.append(f"  {_PARTS[variant]:<42} {1000 * seconds:+8.2f} ms/step")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Compare plain, BYOT and MBAKT (and ablations) like for like over several seeds.
+
+Usage:
+  python scripts/compare.py --flagfile=flags/compare_fashion_mnist.cfg
+  python scripts/compare.py --dataset=fashion_mnist --epochs=10 --seeds=0,1,2 --ablations
+
+Writes results.json, results.md and validation_accuracy.png into
+output_dir/run_name (default saved_models/compare_<dataset>_<backbone>). Finished
+(variant, seed) runs under runs/ are read back, not retrained: rerun the same
+command to resume.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from mbakt_tf.cli import flags as cli_flags
+
+cli_flags.define_data_flags()
+cli_flags.define_model_flags()
+cli_flags.define_training_flags()
+flags.DEFINE_list("variants", ["plain", "byot", "mbakt"], "Variants to train: plain, byot, mbakt.")
+flags.DEFINE_bool(
+    "ablations", False,
+    "Also train each single-loss ablation of mbakt: no kd, no hint, no adv, no ensemble teacher.",
+)
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every variant trains once per seed.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from mbakt_tf import comparison
+
+    try:
+        base_config = cli_flags.mbakt_config_from_flags()
+        train_config = cli_flags.train_config_from_flags()
+        seeds = [int(s) for s in FLAGS.seeds]
+        variants = list(FLAGS.variants) + (list(comparison.ABLATIONS) if FLAGS.ablations else [])
+        for variant in variants:
+            comparison.variant_config(base_config, variant)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    if not seeds:
+        raise app.UsageError("--seeds must name at least one seed.")
+
+    from mbakt_tf import reporting, training
+
+    out_dir = os.path.join(
+        FLAGS.output_dir, FLAGS.run_name or f"compare_{train_config.dataset}_{train_config.backbone}"
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        splits = training.load_data(train_config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def train_fn(config, mbakt_config):
+        if config.seed == train_config.seed:
+            return training.train(config, mbakt_config, splits=splits)
+        return training.train(config, mbakt_config)
+
+    start = time.time()
+    runs = comparison.run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=train_fn)
+    costs = comparison.main_branch_costs(train_config.backbone, splits.info, base_config, variants)
+    summary = comparison.summarize(runs, costs)
+    reporting.write_json(
+        {
+            "summary": summary,
+            "train_config": train_config.to_dict(),
+            "base_mbakt_config": base_config.to_dict(),
+            "seeds": seeds,
+            "runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()},
+        },
+        os.path.join(out_dir, "results.json"),
+    )
+    table = reporting.markdown_table(summary, variants)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(table)
+    reporting.plot_validation_curves(runs, os.path.join(out_dir, "validation_accuracy.png"), variants)
+    print()
+    print(f"Test accuracy on {splits.info.name}, mean ± std over seeds {seeds} "
+          f"({time.time() - start:.0f} s this invocation):")
+    print(table)
+    print(f"Written: {out_dir}/results.json, results.md, validation_accuracy.png")
+    return 0
+
+
+def run():
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,86 @@
+"""Writers of a comparison's results: JSON, a Markdown table, and accuracy plots (PNG).
+
+Example:
+```python
+write_json(summary, "out/results.json")
+open("out/results.md", "w").write(markdown_table(summary))
+plot_validation_curves(runs, "out/validation_accuracy.png")
+```
+"""
+
+import json
+import os
+
+HEAD_ORDER = ("main", "branch_1", "branch_2", "branch_3", "branch_4", "ensemble")
+
+
+def write_json(value, path):
+    """Writes `value` as indented JSON, atomically (a temp file renamed into place)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _percent(stat):
+    if stat["n"] > 1:
+        return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+    return f"{100 * stat['mean']:.2f}"
+
+
+def markdown_table(summary, variants=None):
+    """One row per variant: main-branch accuracy first, then every branch, ensemble, costs, time.
+
+    Accuracies are test-set mean ± sample std over seeds, in percent.
+    """
+    variants = variants or list(summary)
+    heads = [h for h in HEAD_ORDER if any(h in summary[v]["accuracy"] for v in variants)]
+    header = (
+        ["variant", "seeds"] + [f"{h} acc. (%)" for h in heads]
+        + ["main params", "main MFLOPs", "train time (s)"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        entry = summary[variant]
+        accuracy = entry["accuracy"]
+        cells = [variant, str(accuracy["main"]["n"])]
+        cells += [_percent(accuracy[h]) if h in accuracy else "-" for h in heads]
+        cells.append(f"{entry['main_params']:,}")
+        cells.append(f"{entry['flops'] / 1e6:.2f}" if "flops" in entry else "-")
+        cells.append(f"{entry['train_seconds']['mean']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_validation_curves(runs, path, variants=None):
+    """One panel per variant: validation accuracy per epoch of every head, mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by_variant = {}
+    for (variant, _), result in runs.items():
+        by_variant.setdefault(variant, []).append(result["history"])
+    variants = [v for v in (variants or list(by_variant)) if v in by_variant]
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), sharey=True, squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        histories = by_variant[variant]
+        for head in HEAD_ORDER:
+            key = f"val_{head}_accuracy"
+            curves = [h[key] for h in histories if key in h]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            mean = np.mean([c[:length] for c in curves], axis=0)
+            style = "-" if head in ("main", "ensemble") else "--"
+            ax.plot(range(1, length + 1), 100 * mean, style, marker="o", markersize=3, label=head)
+        ax.set_title(f"{variant} ({len(histories)} seeds)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (%)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mbakt_tf import comparison, reporting
+from mbakt_tf.config import MBAKTConfig
+from mbakt_tf.training import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fake_result(accuracy, epochs=2):
+    return {
+        "test": {"main_accuracy": accuracy, "branch_1_accuracy": accuracy - 0.1, "ensemble_accuracy": accuracy + 0.01},
+        "history": {"val_main_accuracy": [accuracy - 0.2, accuracy][:epochs]},
+        "parameters": {"main": 1234},
+        "train_seconds": 10.0,
+    }
+
+
+def test_variant_configs_and_unknown_variant():
+    base = MBAKTConfig(alpha=0.4, beta=0.1, gamma=0.2)
+    assert comparison.variant_config(base, "plain").mode == "plain"
+    assert comparison.variant_config(base, "mbakt_no_kd").alpha == 0.0
+    assert comparison.variant_config(base, "mbakt_no_hint").beta == 0.0
+    assert comparison.variant_config(base, "mbakt_no_adv").gamma == 0.0
+    assert comparison.variant_config(base, "mbakt_no_ensemble").resolved_teacher == "main"
+    with pytest.raises(ValueError, match="Unknown variant 'mbakt_no_fun'"):
+        comparison.variant_config(base, "mbakt_no_fun")
+
+
+def test_resume_trains_only_unfinished_runs(tmp_path):
+    calls = []
+
+    def train_fn(config, mbakt_config):
+        calls.append((mbakt_config.mode, config.seed))
+        run_dir = os.path.join(config.output_dir, config.run_name)
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, "results.json"), "w") as f:
+            json.dump(fake_result(0.5 + config.seed / 10), f)
+
+    train_config = TrainConfig(dataset="synthetic")
+    seeds = [0, 1]
+    first = comparison.run_comparison(train_config, MBAKTConfig(), ["plain"], seeds, str(tmp_path), train_fn, log=lambda m: None)
+    assert calls == [("plain", 0), ("plain", 1)]
+    # A crash after one run: remove the second, rerun everything.
+    os.remove(tmp_path / "runs" / "plain_seed1" / "results.json")
+    os.rmdir(tmp_path / "runs" / "plain_seed1")
+    calls.clear()
+    messages = []
+    second = comparison.run_comparison(
+        train_config, MBAKTConfig(), ["plain", "mbakt"], seeds, str(tmp_path), train_fn, log=messages.append
+    )
+    assert calls == [("mbakt", 0), ("plain", 1), ("mbakt", 1)]
+    assert second[("plain", 0)] == first[("plain", 0)]
+    assert "finished before" in messages[0]
+
+
+def test_summary_markdown_and_json(tmp_path):
+    runs = {("plain", 0): fake_result(0.80), ("plain", 1): fake_result(0.82), ("mbakt", 0): fake_result(0.85)}
+    summary = comparison.summarize(runs, {"plain": {"flops": 2_500_000}, "mbakt": {"flops": 2_500_000}})
+    assert summary["plain"]["accuracy"]["main"]["mean"] == pytest.approx(0.81)
+    assert summary["plain"]["accuracy"]["main"]["std"] == pytest.approx(0.0141421, rel=1e-4)
+    table = reporting.markdown_table(summary, ["plain", "mbakt"])
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| variant | seeds | main acc. (%) | branch_1 acc. (%) | ensemble acc. (%)")
+    assert lines[2] == "| plain | 2 | 81.00 ± 1.41 | 71.00 ± 1.41 | 82.00 ± 1.41 | 1,234 | 2.50 | 10 |"
+    assert lines[3].startswith("| mbakt | 1 | 85.00 | 75.00 | 86.00 |")
+    path = tmp_path / "r.json"
+    reporting.write_json(summary, str(path))
+    assert json.loads(path.read_text()) == json.loads(json.dumps(summary))
+    assert not os.path.exists(str(path) + ".tmp")
+    png = tmp_path / "curves.png"
+    reporting.plot_validation_curves(runs, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_script_on_synthetic_data_resumes(tmp_path):
+    args = [
+        sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",
+        "--backbone=small_resnet8", "--epochs=1", "--batch_size=16", "--train_limit=32",
+        "--test_limit=16", "--validation_fraction=0.25", "--seeds=0,1", "--variants=plain,mbakt",
+        f"--output_dir={tmp_path}", "--run_name=cmp", "--verbose=0",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "cmp"
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    assert set(summary) == {"plain", "mbakt"}
+    assert summary["plain"]["accuracy"]["main"]["n"] == 2
+    assert summary["plain"]["params"] == summary["mbakt"]["params"]
+    assert summary["plain"]["flops"] == summary["mbakt"]["flops"]
+    assert "ensemble" in summary["mbakt"]["accuracy"]
+    assert (out / "results.md").read_text().startswith("| variant |")
+    assert (out / "validation_accuracy.png").stat().st_size > 1000
+
+    second = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("finished before, read from disk") == 4
+    assert json.loads((out / "results.json").read_text())["summary"] == summary

@@ -1,0 +1,42 @@
+import keras
+import pytest
+
+import mbakt_tf
+from mbakt_tf import flops
+
+
+def single_layer_model(layer, input_shape):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, layer(inputs))
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape, expected",
+    [
+        # 8x8 outputs * 4 filters * (3*3*3) taps * 2 FLOPs per multiply-add.
+        (keras.layers.Conv2D(4, 3, padding="same", use_bias=False), (8, 8, 3), 8 * 8 * 4 * 27 * 2),
+        # Stride 2, valid: 3x3 outputs.
+        (keras.layers.Conv2D(2, 3, strides=2), (8, 8, 1), 3 * 3 * 2 * 9 * 2),
+        (keras.layers.Dense(10), (64,), 64 * 10 * 2),
+        (keras.layers.DepthwiseConv2D(3, padding="same"), (8, 8, 5), 8 * 8 * 5 * 9 * 2),
+        # Depthwise 8*8*4*9 plus pointwise 8*8*4*6 multiply-adds.
+        (keras.layers.SeparableConv2D(6, 3, padding="same"), (8, 8, 4), 2 * (8 * 8 * 4 * 9 + 8 * 8 * 4 * 6)),
+        (keras.layers.BatchNormalization(), (4, 4, 2), 2 * 32),
+        (keras.layers.GlobalAveragePooling2D(), (4, 4, 3), 48),
+        (keras.layers.ReLU(), (4, 4, 3), 0),
+    ],
+)
+def test_known_layer_counts(layer, input_shape, expected):
+    assert flops.count_flops(single_layer_model(layer, input_shape)) == expected
+
+
+def test_main_branch_costs_exactly_the_plain_network():
+    plain = mbakt_tf.MBAKT.from_backbone(
+        "small_resnet8", 10, (28, 28, 1), config=mbakt_tf.MBAKTConfig(mode="plain")
+    )
+    mbakt = mbakt_tf.MBAKT.from_backbone("small_resnet8", 10, (28, 28, 1))
+    plain_flops = flops.count_flops(plain.main_model())
+    assert plain_flops > 10_000_000
+    assert flops.count_flops(mbakt.main_model()) == plain_flops
+    assert flops.count_flops(mbakt.network) > plain_flops
+    assert flops.count_flops(mbakt.branch_model("branch_1")) < plain_flops
