@@ -119,7 +119,7 @@ def benchmark_train_step(
         report["ratio_to_plain"] = {k: v.median_seconds / plain for k, v in timings.items()}
     order = [v for v in VARIANTS if v in timings]
     report["extra_seconds"] = {
-        later: timings[later].median_seconds - timings[earlier].median_seconds
+        f"{later} - {earlier}": timings[later].median_seconds - timings[earlier].median_seconds
         for earlier, later in zip(order, order[1:])
     }
     return report
@@ -149,6 +149,10 @@ def format_report(report):
         )
     if report["extra_seconds"]:
         lines.append("where the extra time goes (difference to the variant above):")
-        for variant, seconds in report["extra_seconds"].items():
-            lines.append(f"  {_PARTS[variant]:<42} {1000 * seconds:+8.2f} ms/step")
+        names = list(VARIANTS)
+        for step, seconds in report["extra_seconds"].items():
+            later, earlier = step.split(" - ")
+            adjacent = names.index(later) == names.index(earlier) + 1
+            part = _PARTS[later] if adjacent else "everything in between"
+            lines.append(f"  {step:<18} {part:<42} {1000 * seconds:+8.2f} ms/step")
     return "\n".join(lines)

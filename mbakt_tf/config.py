@@ -16,7 +16,9 @@ class MBAKTConfig:
     The generator loss is
     `sum_k [(1 - alpha) * ce_k + alpha * kd_k] + beta * sum_k hint_k
     + gamma(t) * sum_k adv_k`, with `gamma(t)` ramped linearly from 0 to
-    `gamma` over `adversarial_warmup_steps`.
+    `gamma` over `adversarial_warmup_steps`. With `teacher="main"` (BYOT) the
+    main branch is the teacher and keeps its full cross-entropy; the sums of
+    kd then run over the auxiliary branches only.
 
     Args:
         mode: `"plain"` (main branch only, cross-entropy), `"byot"` (branches,
@@ -26,8 +28,9 @@ class MBAKTConfig:
         alpha: weight of the distillation term against cross-entropy, in [0, 1].
         beta: weight of the feature-hint term, >= 0.
         gamma: final weight of the adversarial term, >= 0.
-        temperature: distillation temperature, > 0. The discriminator also
-            sees probabilities softened by it.
+        temperature: distillation temperature, > 0.
+        adversarial_temperature: temperature of the probabilities the
+            discriminator sees, > 0.
         adversarial_warmup_steps: optimizer steps over which gamma ramps up.
         discriminator_steps: discriminator updates per generator update.
         discriminator_label_smoothing: target for "real" is `1 - this`.
@@ -55,6 +58,7 @@ class MBAKTConfig:
     beta: float = 0.05
     gamma: float = 0.1
     temperature: float = 3.0
+    adversarial_temperature: float = 1.0
     adversarial_warmup_steps: int = 500
     discriminator_steps: int = 1
     discriminator_label_smoothing: float = 0.1
@@ -87,8 +91,9 @@ class MBAKTConfig:
                 "MBAKTConfig.discriminator_label_smoothing must be < 0.5, got "
                 f"{self.discriminator_label_smoothing}."
             )
-        if not self.temperature > 0:
-            raise ValueError(f"MBAKTConfig.temperature must be > 0, got {self.temperature}.")
+        for name in ("temperature", "adversarial_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MBAKTConfig.{name} must be > 0, got {getattr(self, name)}.")
         if self.adversarial_warmup_steps < 0:
             raise ValueError(
                 "MBAKTConfig.adversarial_warmup_steps must be >= 0, got "

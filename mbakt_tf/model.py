@@ -213,7 +213,7 @@ class MBAKT(keras.Model):
     def _adversary_inputs(self, outputs, logits, teacher):
         """(real, [fake per branch]) as the discriminator sees them, float32."""
         if self.config.adversarial_input == "probabilities":
-            t = self.config.temperature
+            t = self.config.adversarial_temperature
             real = ops.softmax(teacher / t, axis=-1)
             fakes = [ops.softmax(z / t, axis=-1) for z in logits]
         else:
@@ -252,13 +252,21 @@ class MBAKT(keras.Model):
         ce = [losses.cross_entropy(labels, z) for z in logits]
         if not cfg.uses_branches:
             return {"ce": ce[0]}, ce[0]
-        kd = [losses.distillation(teacher, z, cfg.temperature) for z in logits]
         main_features = outputs[f"{branches_lib.MAIN}_features"]
         hint = [
             losses.hint(outputs[f"{b}_features"], main_features) for b in self.branch_names[1:]
         ]
+        if cfg.resolved_teacher == "main":
+            # The main branch is the teacher: it has nothing to distil from, so it
+            # keeps its full cross-entropy (BYOT), the students mix ce and kd.
+            kd = [losses.distillation(teacher, z, cfg.temperature) for z in logits[1:]]
+            students_ce = ops.sum(ops.stack(ce[1:]))
+            mixed = ce[0] + (1.0 - cfg.alpha) * students_ce
+        else:
+            kd = [losses.distillation(teacher, z, cfg.temperature) for z in logits]
+            mixed = (1.0 - cfg.alpha) * ops.sum(ops.stack(ce))
         terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
-        total = (1.0 - cfg.alpha) * terms["ce"] + cfg.alpha * terms["kd"] + cfg.beta * terms["hint"]
+        total = mixed + cfg.alpha * terms["kd"] + cfg.beta * terms["hint"]
         return terms, total
 
     def _discriminator_update(self, real, fakes):

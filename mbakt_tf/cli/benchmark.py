@@ -22,6 +22,7 @@ flags.DEFINE_integer("repeats", 5, "Timed rounds; the median is reported.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_bool("mixed_precision", False, "Use the mixed_float16 policy.")
+flags.DEFINE_enum("adaptation", "auto", ["auto", "conv", "separable"], "Adaptation block kind of the branches.")
 flags.DEFINE_string("output_json", None, "Also write the report to this JSON file.")
 FLAGS = flags.FLAGS
 
@@ -42,9 +43,11 @@ def main(argv):
         raise app.UsageError(f"Unknown --variants {unknown}; known: {list(benchmark.VARIANTS)}")
     if FLAGS.batch_size < 1 or FLAGS.steps < 1 or FLAGS.repeats < 1 or FLAGS.warmup < 0:
         raise app.UsageError("--batch_size, --steps and --repeats must be >= 1, --warmup >= 0.")
+    from mbakt_tf.config import MBAKTConfig
+
     report = benchmark.benchmark_train_step(
         FLAGS.backbone, input_shape, num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
-        variants=FLAGS.variants, steps=FLAGS.steps, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
+        variants=FLAGS.variants, base_config=MBAKTConfig(adaptation=FLAGS.adaptation), steps=FLAGS.steps, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
         jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision,
     )
     print()

@@ -37,6 +37,7 @@ def define_model_flags():
     flags.DEFINE_float("beta", 0.05, "Weight of the feature-hint loss.")
     flags.DEFINE_float("gamma", 0.1, "Final weight of the adversarial loss.")
     flags.DEFINE_float("temperature", 3.0, "Distillation temperature.")
+    flags.DEFINE_float("adversarial_temperature", 1.0, "Temperature of the probabilities the discriminator sees.")
     flags.DEFINE_integer("adversarial_warmup_steps", 500, "Steps over which the adversarial weight ramps up from 0.")
     flags.DEFINE_integer("discriminator_steps", 1, "Discriminator updates per generator update.")
     flags.DEFINE_float("discriminator_label_smoothing", 0.1, "Real label of the discriminator is 1 - this.")
@@ -78,6 +79,7 @@ def mbakt_config_from_flags():
         beta=FLAGS.beta,
         gamma=FLAGS.gamma,
         temperature=FLAGS.temperature,
+        adversarial_temperature=FLAGS.adversarial_temperature,
         adversarial_warmup_steps=FLAGS.adversarial_warmup_steps,
         discriminator_steps=FLAGS.discriminator_steps,
         discriminator_label_smoothing=FLAGS.discriminator_label_smoothing,
