@@ -54,7 +54,7 @@ class MBAKTConfig:
     """
 
     mode: str = "mbakt"
-    alpha: float = 0.5
+    alpha: float = 0.2
     beta: float = 0.05
     gamma: float = 0.1
     temperature: float = 3.0
