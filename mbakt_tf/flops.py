@@ -74,6 +74,8 @@ def flops_by_layer(model):
 
 def _nodes_in_use(model):
     """Operation nodes between the model's inputs and outputs (those that run)."""
+    if isinstance(model, keras.Sequential):
+        model = model._functional  # a Sequential keeps its graph in a Functional
     seen, ordered = set(), []
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:

@@ -40,3 +40,16 @@ def test_main_branch_costs_exactly_the_plain_network():
     assert flops.count_flops(mbakt.main_model()) == plain_flops
     assert flops.count_flops(mbakt.network) > plain_flops
     assert flops.count_flops(mbakt.branch_model("branch_1")) < plain_flops
+
+
+def test_nested_sequential_is_counted():
+    inner = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same", use_bias=False), keras.layers.ReLU()])
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(inner(inputs)))
+    assert flops.count_flops(model) == 8 * 8 * 4 * 27 * 2 + 8 * 8 * 2 * 4 * 2
+
+
+def test_keras_cv_backbones_are_counted():
+    for name in ("cspdarknet_tiny", "mobilenet_v3_small"):
+        model = mbakt_tf.MBAKT.from_backbone(name, 10, (32, 32, 3), config=mbakt_tf.MBAKTConfig(mode="plain"))
+        assert flops.count_flops(model.main_model()) > 1_000_000

@@ -1,0 +1,118 @@
+"""Export a trained MBAKT model's main branch (or one early exit) for serving and Android.
+
+Writes a SavedModel, TFLite float32 / float16 / dynamic-range / int8 files,
+labels.txt and manifest.json, checks parity of every file against the Keras
+model on held-out images, and benchmarks LiteRT latency (int8 vs float32).
+
+Usage:
+  python scripts/export.py --model=saved_models/quickstart
+  python scripts/export.py --model=saved_models/quickstart/model.keras --branch=1 --test_limit=2000
+  python scripts/export.py --model=saved_models/quickstart --int8_io=uint8 --formats=float32,int8
+The dataset (for int8 calibration and parity) defaults to the one in the run's results.json.
+Exit status: 0 when every check passed, 1 when a check failed (files are still written),
+2 for a model that cannot be exported (not an MBAKT model, unknown branch).
+"""
+
+import sys
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
+flags.DEFINE_string(
+    "output_dir", None,
+    "Where to write (default: <run folder>_export, or <run folder>_export_branch_k with --branch).",
+)
+flags.DEFINE_string(
+    "branch", None,
+    "Export early exit k instead of the main branch: k or branch_k (1 = shallowest); 'main' or unset: main.",
+)
+flags.DEFINE_list(
+    "formats", ["float32", "float16", "dynamic_range", "int8"],
+    "TFLite variants to write (the SavedModel is always written).",
+)
+flags.DEFINE_enum("int8_io", "int8", ["int8", "uint8"],
+                  "Input/output dtype of the int8 file: int8 (pixel - 128) or uint8 (pixel bytes).")
+flags.DEFINE_integer("representative_samples", 300, "Training images that calibrate the int8 ranges.")
+flags.DEFINE_integer("test_limit", None,
+                     "Parity and accuracy on at most this many test images (default: all).")
+flags.DEFINE_float("max_int8_accuracy_drop", 0.01,
+                   "Largest accepted int8 test-accuracy drop vs the Keras model (0.01 = 1 point).")
+flags.DEFINE_integer("benchmark_runs", 200, "Timed LiteRT invocations per file (0: no benchmark).")
+flags.DEFINE_integer("benchmark_warmup", 20, "Untimed LiteRT invocations before timing.")
+flags.DEFINE_integer("num_threads", 1, "LiteRT threads for parity runs and the benchmark.")
+flags.DEFINE_bool("strict", True, "Exit with status 1 when a parity or verification check fails.")
+flags.DEFINE_string("dataset", None, "Dataset name (default: the one in the run's results.json).")
+flags.DEFINE_string("data_dir", None, "Dataset folder (see train.py --data_dir).")
+flags.DEFINE_integer("image_size", None, "Resize images (default: as in the run's results.json).")
+flags.mark_flag_as_required("model")
+
+
+def export_config_from_flags():
+    from mbakt_tf.export import ExportConfig
+
+    return ExportConfig(
+        branch=FLAGS.branch,
+        formats=tuple(FLAGS.formats),
+        int8_io=FLAGS.int8_io,
+        representative_samples=FLAGS.representative_samples,
+        test_limit=FLAGS.test_limit,
+        max_int8_accuracy_drop=FLAGS.max_int8_accuracy_drop,
+        benchmark_runs=FLAGS.benchmark_runs,
+        benchmark_warmup=FLAGS.benchmark_warmup,
+        num_threads=FLAGS.num_threads,
+        strict=False,  # the script reports failed checks itself, then sets the exit status
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from mbakt_tf import export
+
+    try:
+        config = export_config_from_flags()
+        model_path = export.resolve_model_path(FLAGS.model)
+    except export.ModelFileNotFoundError as error:
+        raise app.UsageError(f"--model: {error}") from error
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+    start = time.time()
+
+    def progress(message):
+        print(f"[{time.time() - start:6.1f} s] {message}", flush=True)
+
+    try:
+        result = export.export_from_file(
+            model_path,
+            output_dir=FLAGS.output_dir,
+            config=config,
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            image_size=FLAGS.image_size,
+            progress=progress,
+        )
+    except (export.NotMBAKTModelError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(export.format_report(result.manifest))
+    print()
+    print(f"Wrote {result.output_dir}/ in {time.time() - start:.0f} s:")
+    for name, path in result.files.items():
+        print(f"  {name:<14} {path}")
+    if FLAGS.strict and not result.ok:
+        print("error: some checks failed (see above and manifest.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
