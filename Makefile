@@ -2,10 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# tensorflow-model-optimization (QAT, pruning) needs tf_keras, pins absl-py~=1.2 and sets
+# TF_USE_LEGACY_KERAS on import: it lives in a virtualenv of its own, which mbakt_tf.optimize
+# runs as a separate process (docs/optimize.md).
+OPTIMIZE_VENV ?= .venv-optimize
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup data train train-full test test-slow clean
+.PHONY: setup setup-optimize data train train-full test test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -13,6 +17,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup-optimize: $(OPTIMIZE_VENV)/.installed
+
+$(OPTIMIZE_VENV)/.installed: constraints.txt
+	$(PYTHON) -m venv $(OPTIMIZE_VENV)
+	$(OPTIMIZE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OPTIMIZE_VENV)/bin/python -m pip install --quiet -c constraints.txt tensorflow tf-keras tensorflow-model-optimization
 	touch $@
 
 # Fashion-MNIST from Debian's package (offline); elsewhere see README "Data".
@@ -35,7 +47,7 @@ train: setup data
 train-full: setup data
 	$(PY) scripts/train.py --flagfile=flags/fashion_mnist.cfg
 
-test: setup
+test: setup setup-optimize
 	$(PY) -m pytest
 
 # Tests marked slow (real data, longer training).

@@ -11,7 +11,8 @@ model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
 from mbakt_tf import backbones, branches, discriminator, losses
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.model import MBAKT
+from mbakt_tf.segmentation_model import MBAKTSegmenter
 
 __version__ = "0.1.0"
 
-__all__ = ["MBAKT", "MBAKTConfig", "backbones", "branches", "discriminator", "losses"]
+__all__ = ["MBAKT", "MBAKTConfig", "MBAKTSegmenter", "backbones", "branches", "discriminator", "losses"]

@@ -94,6 +94,8 @@ def summarize(runs, costs=None):
     """Per variant: mean/std of every head's test accuracy, training time, and costs.
 
     `costs` maps variant -> {"params": ..., "flops": ...} of its exported main branch.
+    Segmentation runs (with `<head>_miou` results) also get `"miou"` beside
+    `"accuracy"` (pixel accuracy there).
     """
     by_variant = {}
     for (variant, _), result in runs.items():
@@ -109,13 +111,19 @@ def summarize(runs, costs=None):
             "train_seconds": _mean_std([r["train_seconds"] for r in results]),
             "main_params": results[0]["parameters"]["main"],
         }
+        miou_heads = sorted({k[: -len("_miou")] for r in results for k in r["test"] if k.endswith("_miou")})
+        if miou_heads:
+            entry["miou"] = {
+                head: _mean_std([r["test"][f"{head}_miou"] for r in results if f"{head}_miou" in r["test"]])
+                for head in miou_heads
+            }
         if costs and variant in costs:
             entry.update(costs[variant])
         summary[variant] = entry
     return summary
 
 
-def main_branch_costs(backbone, info, base_config, variants):
+def main_branch_costs(backbone, info, base_config, variants, task="classification"):
     """{variant: {"params", "flops"}} of the exported main branch, from freshly built models."""
     from mbakt_tf import flops
     from mbakt_tf.model import MBAKT
@@ -124,7 +132,8 @@ def main_branch_costs(backbone, info, base_config, variants):
     for variant in variants:
         model = MBAKT.from_backbone(
             backbone, num_classes=info.num_classes, input_shape=info.input_shape,
-            config=variant_config(base_config, variant),
+            config=variant_config(base_config, variant), task=task,
+            **({"ignore_label": getattr(info, "ignore_label", None)} if task == "segmentation" else {}),
         )
         main = model.main_model()
         costs[variant] = {"params": main.count_params(), "flops": flops.count_flops(main)}

@@ -69,6 +69,10 @@ SAVED_MODEL_DIR = "saved_model"
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MANIFEST_VERSION = 1
+MBAKT_CLASSES = ("MBAKT", "MBAKTSegmenter")
+# Segmentation outputs are maps (H x W x classes per image): parity runs on at
+# most this many test images unless ExportConfig.test_limit says otherwise.
+SEGMENTATION_TEST_LIMIT = 1000
 
 # Parity with the Keras model. Float formats: max |logit difference| at most
 # `atol + rtol * max|keras logit|`; every format: top-1 agreement at least
@@ -256,7 +260,7 @@ def load_mbakt_model(path):
 
     path = resolve_model_path(path)
     class_name, registered, name = _saved_class(path)
-    if class_name != "MBAKT" and registered != "mbakt_tf>MBAKT":
+    if class_name not in MBAKT_CLASSES and registered not in {f"mbakt_tf>{c}" for c in MBAKT_CLASSES}:
         hint = (
             " main_branch.keras is the main branch alone; export from the run's model.keras."
             if os.path.basename(path) == "main_branch.keras"
@@ -636,8 +640,23 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _accuracy(outputs, labels):
-    return float(np.mean(np.argmax(outputs["logits"], -1) == labels))
+def _accuracy(outputs, labels, ignore_label=None):
+    """Top-1 accuracy; per pixel for label maps, pixels labelled `ignore_label` left out."""
+    correct = np.argmax(outputs["logits"], -1) == labels
+    if ignore_label is not None:
+        correct = correct[labels != ignore_label]
+    return float(np.mean(correct)) if correct.size else 0.0
+
+
+def _figures(outputs, labels, ignore_label=None):
+    """Accuracy, and mIoU for label maps (segmentation)."""
+    figures = {"accuracy": _accuracy(outputs, labels, ignore_label)}
+    if np.ndim(labels) == 3:
+        from mbakt_tf.segmentation import mean_iou
+
+        logits = outputs["logits"]
+        figures["miou"] = mean_iou(labels, np.argmax(logits, -1), logits.shape[-1])
+    return figures
 
 
 def _dir_bytes(path):
@@ -696,7 +715,11 @@ def export_model(
     representative_images = run.images(representative_images, "representative_images")
     representative_images = representative_images[: config.representative_samples]
     test_images = run.images(test_images, "test_images")
-    test_labels = np.asarray(test_labels).astype(np.int64).reshape(-1)
+    test_labels = np.asarray(test_labels).astype(np.int64)
+    if run.segmentation:  # label maps (N, H, W)
+        test_labels = test_labels.reshape(test_labels.shape[:3])
+    else:
+        test_labels = test_labels.reshape(-1)
     if len(test_labels) != len(test_images):
         raise ValueError(f"{len(test_images)} test images but {len(test_labels)} test labels.")
     if config.test_limit is not None:
@@ -732,6 +755,8 @@ class _Export:
         self.keras_model = deployable_model(model, self.branch)
         self.input_shape = tuple(int(d) for d in self.keras_model.input.shape[1:])
         self.num_classes = int(self.keras_model.output.shape[-1])
+        self.segmentation = len(self.keras_model.output.shape) == 4  # (batch, H, W, classes)
+        self.ignore_label = getattr(model, "ignore_label", None)
         self.forbidden = foreign_names(model, self.branch)
         self.pattern = _foreign_pattern(self.forbidden)
         self.checks = _Checks()
@@ -741,8 +766,12 @@ class _Export:
     def images(self, images, name):
         return _check_images(images, self.input_shape, name)
 
+    def _output_shape(self):
+        dims = ["batch", *(str(d) for d in self.keras_model.output.shape[1:-1]), str(self.num_classes)]
+        return "(" + ", ".join(dims) + ")"
+
     def _outputs_figures(self, outputs):
-        return {"accuracy": _accuracy(outputs, self.test_labels), **parity(self.reference, outputs)}
+        return {**_figures(outputs, self.test_labels, self.ignore_label), **parity(self.reference, outputs)}
 
     def keras_reference(self, test_images, test_labels):
         self.test_images, self.test_labels = test_images, test_labels
@@ -763,7 +792,7 @@ class _Export:
         self.evaluation = {
             "split": "test",
             "images": int(len(test_images)),
-            "keras": {"accuracy": _accuracy(self.reference, test_labels)},
+            "keras": _figures(self.reference, test_labels, self.ignore_label),
         }
 
     def saved_model(self):
@@ -902,8 +931,8 @@ class _Export:
                 "int8_file": _int8_input_doc(self.docs.get("int8")),
             },
             "outputs": {
-                "logits": f"float32 (batch, {self.num_classes}): unnormalized class scores",
-                "probabilities": f"float32 (batch, {self.num_classes}): softmax(logits)",
+                "logits": f"float32 {self._output_shape()}: unnormalized class scores",
+                "probabilities": f"float32 {self._output_shape()}: softmax(logits) over the last axis",
                 "class_of_index": f"line i of {LABELS}",
             },
             "num_classes": self.num_classes,
@@ -1024,7 +1053,13 @@ def export_from_file(
             f"No dataset: {model_path} has no results.json beside it; pass dataset= (--dataset)."
         )
     say(f"Loading {dataset} (training images for calibration, test images for parity)")
-    splits = data_lib.load_classification(
+    from mbakt_tf.segmentation_model import MBAKTSegmenter
+
+    segmentation = isinstance(model, MBAKTSegmenter)
+    load = data_lib.load_segmentation if segmentation else data_lib.load_classification
+    if segmentation and config.test_limit is None:
+        config = dataclasses.replace(config, test_limit=SEGMENTATION_TEST_LIMIT)
+    splits = load(
         dataset,
         data_dir=data_dir or recorded.get("data_dir"),
         batch_size=256,
@@ -1044,6 +1079,8 @@ def export_from_file(
         "dataset": splits.info.name,
         "recorded_test_accuracy": run.get("test", {}).get(f"{branch}_accuracy"),
     }
+    if segmentation:
+        source["recorded_test_miou"] = run.get("test", {}).get(f"{branch}_miou")
     return export_model(
         model,
         output_dir,
@@ -1067,9 +1104,13 @@ def format_report(manifest):
         f"{_count(model['main_branch_flops_per_image'])}; training network "
         f"{model['training_network_parameters']:,} + discriminator {model['discriminator_parameters']:,})",
         f"Parity and accuracy on {evaluation['images']} held-out test images "
-        f"(Keras accuracy {100 * evaluation['keras']['accuracy']:.2f}%):",
+        f"(Keras accuracy {100 * evaluation['keras']['accuracy']:.2f}%"
+        + (f", mIoU {100 * evaluation['keras']['miou']:.2f}%" if "miou" in evaluation["keras"] else "")
+        + "):",
     ]
-    rows = [("format", "file", "size", "accuracy", "max|dlogit|", "top-1 agree", "latency")]
+    segmentation = "miou" in evaluation["keras"]  # accuracy and agreement are per pixel
+    rows = [("format", "file", "size", "accuracy / mIoU" if segmentation else "accuracy", "max|dlogit|",
+             "top-1 agree", "latency")]
     latency = manifest.get("latency") or {}
     for fmt, doc in manifest["files"].items():
         figures = evaluation[fmt]
@@ -1078,7 +1119,8 @@ def format_report(manifest):
             fmt,
             doc["path"] + ("/" if fmt == "saved_model" else ""),
             _size(doc["bytes"]),
-            f"{100 * figures['accuracy']:.2f}%",
+            f"{100 * figures['accuracy']:.2f}%"
+            + (f" / {100 * figures['miou']:.2f}%" if segmentation else ""),
             f"{figures['max_abs_logit_diff']:.2g}",
             f"{100 * figures['top1_agreement']:.2f}%",
             "-" if lat is None else f"{lat['median_ms']:.3f} ms",

@@ -13,6 +13,26 @@ from mbakt_tf.discriminator import vector_discriminator
 ENSEMBLE = "ensemble"
 
 
+def resolve_backbone(backbone, input_shape=None):
+    """A backbone name built for `input_shape`, or a backbone object checked against it."""
+    if isinstance(backbone, str):
+        if input_shape is None:
+            raise ValueError("input_shape=(height, width, channels) is required with a backbone name.")
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"input_shape must be (height, width, channels), got {input_shape} "
+                f"(rank {len(input_shape)})."
+            )
+        return backbones_lib.build_backbone(backbone, input_shape)
+    if input_shape is not None and tuple(input_shape) != tuple(backbone.input.shape[1:]):
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} differs from the backbone's "
+            f"{tuple(backbone.input.shape[1:])}."
+        )
+    return backbone
+
+
 @keras.saving.register_keras_serializable(package="mbakt_tf")
 class MBAKT(keras.Model):
     """Multi-Branched Adversarial Knowledge Transfer for image classification.
@@ -37,6 +57,9 @@ class MBAKT(keras.Model):
     ```
     """
 
+    # Label of pixels/examples that count in no loss and no metric (segmentation sets it).
+    ignore_label = None
+
     def __init__(self, network, discriminator=None, config=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(config, dict):
@@ -56,7 +79,8 @@ class MBAKT(keras.Model):
 
     @classmethod
     def from_backbone(
-        cls, backbone, num_classes, input_shape=None, config=None, task="classification", name="mbakt"
+        cls, backbone, num_classes, input_shape=None, config=None, task="classification", name="mbakt",
+        **task_kwargs,
     ):
         """Builds the model on a named backbone or a keras-cv backbone object.
 
@@ -67,26 +91,23 @@ class MBAKT(keras.Model):
             num_classes: number of classes.
             input_shape: `(height, width, channels)`; required with a name.
             config: an `MBAKTConfig`; defaults to `MBAKTConfig()`.
-            task: only `"classification"` for now.
+            task: `"classification"`, or `"segmentation"`, which returns an
+                `mbakt_tf.segmentation_model.MBAKTSegmenter` (encoder-decoder)
+                and accepts its `task_kwargs` (`ignore_label`,
+                `decoder_channels`).
         """
-        if task != "classification":
-            raise ValueError(f"Unknown task {task!r}; supported: 'classification'.")
-        config = config or MBAKTConfig()
-        if isinstance(backbone, str):
-            if input_shape is None:
-                raise ValueError("input_shape=(height, width, channels) is required with a backbone name.")
-            input_shape = tuple(input_shape)
-            if len(input_shape) != 3:
-                raise ValueError(
-                    f"input_shape must be (height, width, channels), got {input_shape} "
-                    f"(rank {len(input_shape)})."
-                )
-            backbone = backbones_lib.build_backbone(backbone, input_shape)
-        elif input_shape is not None and tuple(input_shape) != tuple(backbone.input.shape[1:]):
-            raise ValueError(
-                f"input_shape {tuple(input_shape)} differs from the backbone's "
-                f"{tuple(backbone.input.shape[1:])}."
+        if task == "segmentation":
+            from mbakt_tf.segmentation_model import MBAKTSegmenter
+
+            return MBAKTSegmenter.from_backbone(
+                backbone, num_classes, input_shape=input_shape, config=config, name=name, **task_kwargs
             )
+        if task != "classification":
+            raise ValueError(f"Unknown task {task!r}; supported: 'classification', 'segmentation'.")
+        if task_kwargs:
+            raise ValueError(f"Unexpected arguments for task='classification': {sorted(task_kwargs)}.")
+        config = config or MBAKTConfig()
+        backbone = resolve_backbone(backbone, input_shape)
         network = branches_lib.build_multi_branch_network(
             backbone,
             num_classes,
@@ -249,7 +270,7 @@ class MBAKT(keras.Model):
 
     def _generator_terms(self, labels, outputs, logits, teacher):
         cfg = self.config
-        ce = [losses.cross_entropy(labels, z) for z in logits]
+        ce = [losses.cross_entropy(labels, z, self.ignore_label) for z in logits]
         if not cfg.uses_branches:
             return {"ce": ce[0]}, ce[0]
         main_features = outputs[f"{branches_lib.MAIN}_features"]
@@ -259,15 +280,20 @@ class MBAKT(keras.Model):
         if cfg.resolved_teacher == "main":
             # The main branch is the teacher: it has nothing to distil from, so it
             # keeps its full cross-entropy (BYOT), the students mix ce and kd.
-            kd = [losses.distillation(teacher, z, cfg.temperature) for z in logits[1:]]
+            kd = [self._distillation(teacher, z, labels) for z in logits[1:]]
             students_ce = ops.sum(ops.stack(ce[1:]))
             mixed = ce[0] + (1.0 - cfg.alpha) * students_ce
         else:
-            kd = [losses.distillation(teacher, z, cfg.temperature) for z in logits]
+            kd = [self._distillation(teacher, z, labels) for z in logits]
             mixed = (1.0 - cfg.alpha) * ops.sum(ops.stack(ce))
         terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
         total = mixed + cfg.alpha * terms["kd"] + cfg.beta * terms["hint"]
         return terms, total
+
+    def _distillation(self, teacher, student, labels):
+        return losses.distillation(
+            teacher, student, self.config.temperature, labels=labels, ignore_label=self.ignore_label
+        )
 
     def _discriminator_update(self, real, fakes):
         cfg = self.config
@@ -330,8 +356,8 @@ class MBAKT(keras.Model):
         logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
         heads = self._update_accuracy(labels, logits)
         for head, z in heads.items():
-            self.head_loss_trackers[head].update_state(losses.cross_entropy(labels, z))
-        self.loss_tracker.update_state(losses.cross_entropy(labels, logits[0]))
+            self.head_loss_trackers[head].update_state(losses.cross_entropy(labels, z, self.ignore_label))
+        self.loss_tracker.update_state(losses.cross_entropy(labels, logits[0], self.ignore_label))
         names = ["loss"] + [f"{h}_accuracy" for h in heads] + [f"{h}_loss" for h in heads]
         return self._results(names)
 

@@ -28,21 +28,25 @@ def _percent(stat):
     return f"{100 * stat['mean']:.2f}"
 
 
-def markdown_table(summary, variants=None):
+METRIC_LABELS = {"accuracy": "acc.", "miou": "mIoU"}
+
+
+def markdown_table(summary, variants=None, metric="accuracy"):
     """One row per variant: main-branch accuracy first, then every branch, ensemble, costs, time.
 
-    Accuracies are test-set mean ± sample std over seeds, in percent.
+    Accuracies (or `metric`, e.g. "miou" for segmentation) are test-set
+    mean ± sample std over seeds, in percent.
     """
     variants = variants or list(summary)
-    heads = [h for h in HEAD_ORDER if any(h in summary[v]["accuracy"] for v in variants)]
+    heads = [h for h in HEAD_ORDER if any(h in summary[v][metric] for v in variants)]
     header = (
-        ["variant", "seeds"] + [f"{h} acc. (%)" for h in heads]
+        ["variant", "seeds"] + [f"{h} {METRIC_LABELS.get(metric, metric)} (%)" for h in heads]
         + ["main params", "main MFLOPs", "train time (s)"]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in variants:
         entry = summary[variant]
-        accuracy = entry["accuracy"]
+        accuracy = entry[metric]
         cells = [variant, str(accuracy["main"]["n"])]
         cells += [_percent(accuracy[h]) if h in accuracy else "-" for h in heads]
         cells.append(f"{entry['main_params']:,}")
@@ -52,8 +56,8 @@ def markdown_table(summary, variants=None):
     return "\n".join(lines) + "\n"
 
 
-def plot_validation_curves(runs, path, variants=None):
-    """One panel per variant: validation accuracy per epoch of every head, mean over seeds."""
+def plot_validation_curves(runs, path, variants=None, metric="accuracy"):
+    """One panel per variant: validation accuracy (or `metric`) per epoch of every head, mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +72,7 @@ def plot_validation_curves(runs, path, variants=None):
     for ax, variant in zip(axes[0], variants):
         histories = by_variant[variant]
         for head in HEAD_ORDER:
-            key = f"val_{head}_accuracy"
+            key = f"val_{head}_{metric}"
             curves = [h[key] for h in histories if key in h]
             if not curves:
                 continue
@@ -79,7 +83,7 @@ def plot_validation_curves(runs, path, variants=None):
         ax.set_title(f"{variant} ({len(histories)} seeds)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation accuracy (%)")
+    axes[0][0].set_ylabel(f"validation {'mIoU' if metric == 'miou' else metric} (%)")
     axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -11,18 +11,23 @@ print(format_branch_table(result.test_results, result.parameter_counts))
 """
 
 import dataclasses
-import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Optional, Tuple
 
 import keras
+import tensorflow as tf
 
+from mbakt_tf import atomic, custom_loop, distribute, guards, resume
 from mbakt_tf import data as data_lib
 from mbakt_tf.config import MBAKTConfig
+from mbakt_tf.distribute import STRATEGIES
 from mbakt_tf.model import ENSEMBLE, MBAKT
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+TASKS = ("classification", "segmentation")
 SCHEDULES = ("cosine", "constant")
 
 
@@ -35,6 +40,7 @@ class TrainConfig:
     'fashion_mnist_small_resnet8_plain_seed0'
     """
 
+    task: str = "classification"  # "segmentation": encoder-decoder, data.load_segmentation
     dataset: str = "fashion_mnist"
     data_dir: Optional[str] = None
     image_size: Optional[int] = None
@@ -57,12 +63,23 @@ class TrainConfig:
     run_name: Optional[str] = None
     verbose: int = 1
     synthetic_kwargs: Optional[dict] = None
+    # Distribution and fault tolerance (see distribute.py, resume.py, guards.py).
+    strategy: str = "default"
+    cpu_devices: Optional[int] = None
+    sync_batchnorm: bool = False
+    deterministic: bool = False
+    backup_dir: Optional[str] = None
+    backup_steps: int = 0
+    stop_on_non_finite: bool = True
+    collapse_patience: int = 200
 
     def __post_init__(self):
         self.validate()
 
     def validate(self):
         """Raises `ValueError` naming the first field that makes no sense."""
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
         if self.schedule not in SCHEDULES:
@@ -82,9 +99,29 @@ class TrainConfig:
             )
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}.")
+        if self.cpu_devices is not None and self.cpu_devices < 1:
+            raise ValueError(f"cpu_devices must be >= 1, got {self.cpu_devices}.")
+        if self.strategy == "multi_worker" and (self.cpu_devices or 1) > 1:
+            raise ValueError(
+                "cpu_devices > 1 does not apply to strategy='multi_worker' (one replica per "
+                "worker on CPU): start more workers instead."
+            )
+        if self.jit_compile and self.strategy in ("mirrored", "multi_worker"):
+            raise ValueError(
+                f"jit_compile=True is not supported with strategy={self.strategy!r}: the XLA-compiled "
+                "two-optimizer step fails under MirroredStrategy on TF 2.21 / Keras 3.15."
+            )
+        for name in ("backup_steps", "collapse_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.backup_steps and not self.backup_dir:
+            raise ValueError("backup_steps needs backup_dir (where the backups go).")
 
     def run_name_for(self, mbakt_config):
-        return self.run_name or f"{self.dataset}_{self.backbone}_{mbakt_config.mode}_seed{self.seed}"
+        dataset = self.dataset if self.task == "classification" else f"{self.dataset}_{self.task}"
+        return self.run_name or f"{dataset}_{self.backbone}_{mbakt_config.mode}_seed{self.seed}"
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -122,7 +159,8 @@ def make_optimizers(train_config, steps_per_epoch):
 
 
 def load_data(train_config):
-    return data_lib.load_classification(
+    load = data_lib.load_segmentation if train_config.task == "segmentation" else data_lib.load_classification
+    return load(
         train_config.dataset,
         data_dir=train_config.data_dir,
         batch_size=train_config.batch_size,
@@ -147,53 +185,160 @@ def parameter_counts(model):
     return counts
 
 
-def train(train_config, mbakt_config, callbacks=(), splits=None):
+# Fields that do not change what a run computes: a backup written with other
+# values of these still resumes (e.g. another output folder or verbosity, or
+# fewer devices after a preemption).
+_NOT_IN_FINGERPRINT = (
+    "data_dir", "output_dir", "run_name", "verbose", "strategy", "cpu_devices", "deterministic",
+    "backup_dir", "backup_steps", "stop_on_non_finite", "collapse_patience",
+)
+
+
+def run_fingerprint(train_config, mbakt_config):
+    """What a backup must match to be resumed: the configs minus paths and logging."""
+    values = {k: v for k, v in train_config.to_dict().items() if k not in _NOT_IN_FINGERPRINT}
+    values.update({f"mbakt.{k}": v for k, v in mbakt_config.to_dict().items()})
+    return values
+
+
+def build_model(train_config, mbakt_config, info, steps_per_epoch):
+    """The compiled MBAKT model of a run (call inside the strategy's scope)."""
+    model = MBAKT.from_backbone(
+        train_config.backbone, num_classes=info.num_classes, input_shape=info.input_shape,
+        config=mbakt_config,
+        task=train_config.task,
+        # Segmentation: the dataset says which label value marks pixels to ignore.
+        **({"ignore_label": info.ignore_label} if train_config.task == "segmentation" else {}),
+    )
+    if train_config.sync_batchnorm:
+        distribute.synchronize_batchnorm(model)
+    g_optimizer, d_optimizer = make_optimizers(train_config, steps_per_epoch)
+    model.compile(g_optimizer=g_optimizer, d_optimizer=d_optimizer, jit_compile=train_config.jit_compile)
+    return model
+
+
+def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
     """Trains one model, evaluates it on the test split and saves it under the run dir.
 
     Writes `model.keras` (the whole MBAKT model), `main_branch.keras` (the plain
-    main branch) and `results.json` into `output_dir/run_name/`. `splits`, when
-    given, is what `load_data(train_config)` returned.
+    main branch) and `results.json` into `output_dir/run_name/`, each
+    atomically. `splits`, when given, is what `load_data(train_config)`
+    returned. `strategy` defaults to `distribute.make_strategy(
+    train_config.strategy, train_config.cpu_devices)`; model, both optimizers
+    and metrics are created in its scope. With `multi_worker`, training runs
+    in `custom_loop` (Keras 3.15.1 `fit` is broken there) and only the chief
+    writes the outputs.
+
+    With `backup_dir`, the whole training state is backed up at each epoch end
+    (and every `backup_steps` steps) and a restarted run with the same configs
+    resumes exactly where the newest backup stands (see `resume`); the backups
+    are deleted once the outputs are saved. Non-finite losses stop training
+    with `guards.NonFiniteLossError` (unless `stop_on_non_finite=False`); a
+    collapsed discriminator is logged as a warning.
     """
+    if strategy is None:
+        strategy = distribute.make_strategy(train_config.strategy, train_config.cpu_devices)
+    distribute.check_batch_size(train_config.batch_size, strategy)
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(train_config.seed)
     if splits is None:
         splits = load_data(train_config)
     info = splits.info
     steps_per_epoch = max(1, info.num_train // train_config.batch_size)
-    model = MBAKT.from_backbone(
-        train_config.backbone, num_classes=info.num_classes, input_shape=info.input_shape,
-        config=mbakt_config,
-    )
-    g_optimizer, d_optimizer = make_optimizers(train_config, steps_per_epoch)
-    model.compile(g_optimizer=g_optimizer, d_optimizer=d_optimizer, jit_compile=train_config.jit_compile)
+    with strategy.scope():
+        model = build_model(train_config, mbakt_config, info, steps_per_epoch)
 
+    chief = distribute.is_chief(strategy)
+    multi_worker = distribute.is_multi_worker(strategy)
     run_dir = os.path.join(train_config.output_dir, train_config.run_name_for(mbakt_config))
-    os.makedirs(run_dir, exist_ok=True)
-    start = time.time()
-    history = model.fit(
-        splits.train,
-        validation_data=splits.validation,
-        epochs=train_config.epochs,
-        callbacks=list(callbacks),
-        verbose=train_config.verbose,
-        shuffle=False,  # the tf.data pipeline shuffles with the run's seed
-    )
-    train_seconds = time.time() - start
-    test_results = model.evaluate(splits.test, return_dict=True, verbose=0)
-    counts = parameter_counts(model)
+    # Non-chief workers write the same files into a scratch folder that is
+    # deleted: every worker does the same work, only the chief's output stays.
+    write_dir = run_dir if chief else tempfile.mkdtemp(prefix="mbakt_worker_")
+    os.makedirs(write_dir, exist_ok=True)
 
-    model.save(os.path.join(run_dir, "model.keras"))
-    model.main_model().save(os.path.join(run_dir, "main_branch.keras"))
+    backup = None
+    if train_config.backup_dir:
+        backup = resume.ResumableBackup(
+            train_config.backup_dir, steps_per_epoch, save_steps=train_config.backup_steps,
+            fingerprint=run_fingerprint(train_config, mbakt_config), write=chief,
+            before_save=lambda: distribute.average_replica_variables(model, strategy),
+        )
+        backup.restore(model)
+    # The backup first: it ends a resumed epoch early and must clear that stop
+    # before other callbacks (EarlyStopping) decide; it skips non-finite steps.
+    run_callbacks = [] if backup is None else [backup]
+    if train_config.stop_on_non_finite:
+        run_callbacks.append(guards.NonFiniteLossGuard(backup=backup))
+    if mbakt_config.uses_adversary and train_config.collapse_patience:
+        run_callbacks.append(
+            guards.DiscriminatorCollapseMonitor(train_config.collapse_patience, backup=backup)
+        )
+    if strategy.num_replicas_in_sync > 1:
+        # Keras BN keeps one moving average per replica: evaluate and save their mean.
+        run_callbacks.append(distribute.AverageReplicaStatistics(strategy))
+    run_callbacks += list(callbacks)
+    initial_epoch = backup.initial_epoch if backup is not None else 0
+    # One stream of batches for the whole run (see resume.training_stream):
+    # the data position is the number of batches consumed, nothing else.
+    stream = backup.stream(splits.train) if backup is not None else resume.training_stream(splits.train)
+
+    start = time.time()
+    if multi_worker:
+        position = backup.position if backup is not None else None
+        history = custom_loop.fit(
+            model, stream, train_config.epochs, strategy, steps_per_epoch=steps_per_epoch,
+            initial_epoch=initial_epoch,
+            first_epoch_steps=steps_per_epoch - (position.step if position is not None else 0),
+            validation_data=splits.validation, callbacks=run_callbacks,
+            verbose=train_config.verbose if chief else 0,
+        )
+    else:
+        history = model.fit(
+            stream,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=splits.validation,
+            epochs=train_config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=run_callbacks,
+            verbose=train_config.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles with the run's seed
+        )
+    train_seconds = time.time() - start
+    if multi_worker:
+        test_results = custom_loop.evaluate(model, splits.test, strategy)
+    else:
+        test_results = model.evaluate(splits.test, return_dict=True, verbose=0)
+    counts = parameter_counts(model)
+    epoch_history = backup.history if backup is not None else history.history
+
+    # Leftovers of a run killed while saving these very files.
+    atomic.remove_stale_temporaries(write_dir, ("model.keras", "main_branch.keras", "results.json"))
+    atomic.save_model(model, os.path.join(write_dir, "model.keras"))
+    atomic.save_model(model.main_model(), os.path.join(write_dir, "main_branch.keras"))
     summary = {
         "train_config": train_config.to_dict(),
         "mbakt_config": mbakt_config.to_dict(),
         "dataset": dataclasses.asdict(info),
         "test": {k: float(v) for k, v in test_results.items()},
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "history": {k: [float(x) for x in v] for k, v in epoch_history.items()},
         "parameters": counts,
         "train_seconds": train_seconds,
+        "distribution": {
+            "strategy": train_config.strategy,
+            "replicas": int(strategy.num_replicas_in_sync),
+        },
     }
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if backup is not None and backup.position is not None:
+        summary["resumed_from"] = {
+            "epoch": backup.position.epoch, "step": backup.position.step,
+            "global_step": backup.position.global_step,
+        }
+    atomic.write_json(os.path.join(write_dir, "results.json"), summary)
+    if backup is not None:
+        backup.finish()
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
     return TrainResult(
         model=model, history=summary["history"], test_results=summary["test"],
         parameter_counts=counts, run_dir=run_dir, wall_time_seconds=train_seconds, info=info,
@@ -208,14 +353,21 @@ def heads_in(results):
 
 
 def format_branch_table(results, parameter_counts=None):
-    """A plain-text table: one row per head with accuracy, loss and parameters."""
+    """A plain-text table: one row per head with accuracy, loss and parameters.
+
+    Segmentation results (with `<head>_miou`) get a mIoU column first, and
+    accuracy is pixel accuracy.
+    """
     parameter_counts = parameter_counts or {}
-    rows = [("head", "accuracy", "loss", "inference params")]
+    segmentation = any(k.endswith("_miou") for k in results)
+    rows = [("head",) + (("mIoU", "pixel accuracy") if segmentation else ("accuracy",))
+            + ("loss", "inference params")]
     for head in heads_in(results):
         loss = results.get(f"{head}_loss", results.get("loss") if head == "main" else None)
         params = parameter_counts.get(head)
         rows.append((
             head,
+            *([f"{100 * results[f'{head}_miou']:.2f}%"] if segmentation else []),
             f"{100 * results[f'{head}_accuracy']:.2f}%",
             "-" if loss is None else f"{loss:.4f}",
             "-" if params is None else f"{params:,}",

@@ -3,6 +3,7 @@
 Usage:
   python scripts/compare.py --flagfile=flags/compare_fashion_mnist.cfg
   python scripts/compare.py --dataset=fashion_mnist --epochs=10 --seeds=0,1,2 --ablations
+  python scripts/compare.py --flagfile=flags/compare_fashion_mnist_segmentation.cfg   # mIoU
 
 Writes results.json, results.md and validation_accuracy.png into
 output_dir/run_name (default saved_models/compare_<dataset>_<backbone>). Finished
@@ -49,8 +50,11 @@ def main(argv):
 
     from mbakt_tf import reporting, training
 
+    segmentation = train_config.task == "segmentation"
+    metric = "miou" if segmentation else "accuracy"  # what the table and the plot show
+    dataset_name = f"{train_config.dataset}_segmentation" if segmentation else train_config.dataset
     out_dir = os.path.join(
-        FLAGS.output_dir, FLAGS.run_name or f"compare_{train_config.dataset}_{train_config.backbone}"
+        FLAGS.output_dir, FLAGS.run_name or f"compare_{dataset_name}_{train_config.backbone}"
     )
     os.makedirs(out_dir, exist_ok=True)
     try:
@@ -66,7 +70,9 @@ def main(argv):
 
     start = time.time()
     runs = comparison.run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=train_fn)
-    costs = comparison.main_branch_costs(train_config.backbone, splits.info, base_config, variants)
+    costs = comparison.main_branch_costs(
+        train_config.backbone, splits.info, base_config, variants, task=train_config.task
+    )
     summary = comparison.summarize(runs, costs)
     reporting.write_json(
         {
@@ -78,15 +84,15 @@ def main(argv):
         },
         os.path.join(out_dir, "results.json"),
     )
-    table = reporting.markdown_table(summary, variants)
+    table = reporting.markdown_table(summary, variants, metric=metric)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)
-    reporting.plot_validation_curves(runs, os.path.join(out_dir, "validation_accuracy.png"), variants)
+    reporting.plot_validation_curves(runs, os.path.join(out_dir, f"validation_{metric}.png"), variants, metric)
     print()
-    print(f"Test accuracy on {splits.info.name}, mean ± std over seeds {seeds} "
+    print(f"Test {'mIoU' if segmentation else 'accuracy'} on {splits.info.name}, mean ± std over seeds {seeds} "
           f"({time.time() - start:.0f} s this invocation):")
     print(table)
-    print(f"Written: {out_dir}/results.json, results.md, validation_accuracy.png")
+    print(f"Written: {out_dir}/results.json, results.md, validation_{metric}.png")
     return 0
 
 

@@ -54,7 +54,11 @@ def main(argv):
     model = keras.models.load_model(model_path)
     if not isinstance(model, mbakt_tf.MBAKT):
         raise app.UsageError(f"{model_path} holds a {type(model).__name__}, not an MBAKT model.")
-    splits = data.load_classification(
+    from mbakt_tf.segmentation_model import MBAKTSegmenter
+
+    # The model says which task it was trained for: segmenters read label maps.
+    load = data.load_segmentation if isinstance(model, MBAKTSegmenter) else data.load_classification
+    splits = load(
         dataset,
         data_dir=FLAGS.data_dir or recorded.get("data_dir"),
         batch_size=FLAGS.batch_size,

@@ -7,12 +7,17 @@ from absl import flags
 
 from mbakt_tf import backbones
 from mbakt_tf.config import ADAPTATIONS, ADVERSARIAL_INPUTS, MODES, TEACHERS, MBAKTConfig
-from mbakt_tf.training import OPTIMIZERS, SCHEDULES, TrainConfig
+from mbakt_tf.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, TrainConfig
 
 FLAGS = flags.FLAGS
 
 
 def define_data_flags():
+    flags.DEFINE_enum(
+        "task", "classification", TASKS,
+        "classification: one label per image; segmentation: one label per pixel (encoder-decoder, "
+        "datasets fashion_mnist, synthetic, oxford_iiit_pet; metrics mIoU and pixel accuracy).",
+    )
     flags.DEFINE_string(
         "dataset", "fashion_mnist",
         "'fashion_mnist' (local IDX files), 'synthetic', or any TFDS image-classification name.",
@@ -63,6 +68,48 @@ def define_training_flags():
     flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 
+def define_distribution_flags():
+    """Strategy, devices, determinism, backups and guards (scripts/train.py)."""
+    flags.DEFINE_enum(
+        "strategy", "default", STRATEGIES,
+        "default: one device; one_device; mirrored: all local GPUs, else all logical CPUs "
+        "(--cpu_devices); multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG "
+        "(launch with scripts/launch_workers.py).",
+    )
+    flags.DEFINE_integer(
+        "cpu_devices", None,
+        "Split the CPU into this many logical devices (so --strategy=mirrored runs N replicas without GPUs).",
+    )
+    flags.DEFINE_bool(
+        "sync_batchnorm", False,
+        "BatchNorm with global batch statistics across replicas (default: per replica, as Keras does).",
+    )
+    flags.DEFINE_bool(
+        "deterministic", False,
+        "tf.config.experimental.enable_op_determinism(): same seed, same result (slower on GPU).",
+    )
+    flags.DEFINE_string(
+        "backup_dir", None,
+        "Back up the training state here; rerunning the same command after a crash resumes exactly "
+        "from the newest backup. Deleted when the run completes.",
+    )
+    flags.DEFINE_integer("backup_steps", 0, "Also back up every N steps (0: at epoch ends only).")
+    flags.DEFINE_bool(
+        "stop_on_non_finite", True,
+        "Stop with an error naming the loss term and step when a loss becomes NaN or infinite.",
+    )
+    flags.DEFINE_integer(
+        "collapse_patience", 200,
+        "Warn when d_accuracy stays near 0 or 1 for this many steps (0: never).",
+    )
+
+
+_DISTRIBUTION_FLAGS = (
+    "strategy", "cpu_devices", "sync_batchnorm", "deterministic", "backup_dir", "backup_steps",
+    "stop_on_non_finite", "collapse_patience",
+)
+
+
 def _int_list(values):
     if values is None:
         return None
@@ -93,6 +140,7 @@ def mbakt_config_from_flags():
 
 def train_config_from_flags():
     return TrainConfig(
+        task=FLAGS.task,
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
         image_size=FLAGS.image_size,
@@ -114,4 +162,6 @@ def train_config_from_flags():
         output_dir=FLAGS.output_dir,
         run_name=FLAGS.run_name,
         verbose=FLAGS.verbose,
+        # Only scripts that call define_distribution_flags() have these.
+        **{name: FLAGS[name].value for name in _DISTRIBUTION_FLAGS if name in FLAGS},
     )

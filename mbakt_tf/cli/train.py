@@ -3,6 +3,11 @@
 Usage:
   python scripts/train.py --flagfile=flags/quickstart.cfg
   python scripts/train.py --dataset=fashion_mnist --backbone=small_resnet8 --mode=mbakt --epochs=10
+  python scripts/train.py --flagfile=flags/quickstart.cfg --strategy=mirrored --cpu_devices=2
+  python scripts/train.py --flagfile=flags/quickstart.cfg --backup_dir=/tmp/qs_backup --backup_steps=100
+  python scripts/launch_workers.py --num_workers=2 -- scripts/train.py --strategy=multi_worker ...
+
+Exit codes: 0 done, 1 bad flags (usage error), 2 data not found, 3 non-finite loss.
 """
 
 import sys
@@ -14,6 +19,7 @@ from mbakt_tf.cli import flags as cli_flags
 cli_flags.define_data_flags()
 cli_flags.define_model_flags()
 cli_flags.define_training_flags()
+cli_flags.define_distribution_flags()
 FLAGS = flags.FLAGS
 
 
@@ -26,14 +32,33 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from error
 
-    from mbakt_tf import training
+    from mbakt_tf import distribute, guards, training
 
+    # The strategy first: logical CPU devices and MultiWorkerMirroredStrategy
+    # must be set up before TensorFlow runs any op; its replica count checks the batch.
+    try:
+        strategy = distribute.make_strategy(train_config.strategy, train_config.cpu_devices)
+        distribute.check_batch_size(train_config.batch_size, strategy)
+    except (ValueError, RuntimeError) as error:
+        raise app.UsageError(str(error)) from error
+    if train_config.deterministic:  # before the data pipeline is built
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     try:
         splits = training.load_data(train_config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result = training.train(train_config, mbakt_config, splits=splits)
+    try:
+        result = training.train(train_config, mbakt_config, splits=splits, strategy=strategy)
+    except guards.NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    if not distribute.is_chief(strategy):
+        _, task_id = distribute.task_info(strategy)
+        print(f"worker {task_id} done (the chief writes the outputs).")
+        return 0
     info = result.info
     print()
     print(

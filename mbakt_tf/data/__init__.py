@@ -69,6 +69,7 @@ from mbakt_tf.data import augment, fashion_mnist, idx, pipeline, synthetic, tfds
 from mbakt_tf.data.augment import build_augmentation  # noqa: E402
 from mbakt_tf.data.idx import read_idx, write_idx  # noqa: E402
 from mbakt_tf.data.pipeline import make_dataset, validate_arrays  # noqa: E402
+from mbakt_tf.data.segmentation import SegmentationInfo, load_segmentation  # noqa: E402
 
 LOCAL_DATASETS = ("fashion_mnist", "synthetic")
 

@@ -1,0 +1,136 @@
+"""Quantization-aware training and pruning of a trained MBAKT model's main branch (tfmot).
+
+Fine-tunes a tf_keras copy of the main branch with tensorflow-model-optimization, in a
+separate process (tfmot needs tf_keras and its own virtualenv: `make setup-optimize`),
+with the labels and, for `qat_kd` and `prune`, the MBAKT ensemble's soft targets. Writes
+full-int8 TFLite files from QAT, float32 and int8 files of the pruned model, the
+post-training int8 baseline, and report.json / report.md with test accuracies, sizes and
+gzip sizes.
+
+Usage:
+  python scripts/optimize.py --model=saved_models/quickstart
+  python scripts/optimize.py --model=saved_models/quickstart --methods=qat_kd --epochs=2
+  python scripts/optimize.py --model=saved_models/quickstart --target_sparsity=0.75 --methods=prune
+The dataset defaults to the one in the run's results.json.
+Exit status: 0 when every check passed, 1 when a check failed (files are still written),
+2 for a model or environment that cannot be optimized (not an MBAKT model, no tfmot Python,
+a layer the tf_keras bridge does not support).
+"""
+
+import sys
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
+flags.DEFINE_string("output_dir", None, "Where to write (default: <run folder>_optimize).")
+flags.DEFINE_list("methods", ["qat", "qat_kd", "prune"],
+                  "qat: QAT with the labels; qat_kd: QAT with the labels and the teacher's soft "
+                  "targets; prune: magnitude pruning (with the teacher when there is one).")
+flags.DEFINE_integer("epochs", 1, "Fine-tuning epochs of each method.")
+flags.DEFINE_integer("batch_size", 128, "Fine-tuning batch size.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Fine-tuning optimizer (SGD: momentum 0.9, Nesterov).")
+flags.DEFINE_float("learning_rate", 0.005, "Initial fine-tuning learning rate (cosine decay to 0).")
+flags.DEFINE_enum("teacher", "auto", ["auto", "ensemble", "main", "none"],
+                  "Soft targets: the branches' ensemble, the float main branch, none; auto: the "
+                  "ensemble when the model has branches.")
+flags.DEFINE_float("alpha", 0.5, "Weight of the distillation term (1 - alpha on cross-entropy).")
+flags.DEFINE_float("temperature", None, "Distillation temperature (default: the model's).")
+flags.DEFINE_float("target_sparsity", 0.5, "Fraction of zero weights in every pruned layer.")
+flags.DEFINE_float("pruning_end_fraction", 0.7,
+                   "The pruning schedule reaches the target after this fraction of the steps.")
+flags.DEFINE_integer("train_limit", None, "Fine-tune on at most this many training images per epoch.")
+flags.DEFINE_integer("test_limit", None, "Evaluate on at most this many test images (default: all).")
+flags.DEFINE_bool("augment", True, "Augment the fine-tuning images (the teacher sees the same images).")
+flags.DEFINE_integer("representative_samples", 300, "Training images that calibrate post-training int8.")
+flags.DEFINE_enum("int8_io", "int8", ["int8", "uint8"], "Input/output dtype of the int8 files.")
+flags.DEFINE_integer("seed", 0, "Seed of the tf_keras fine-tune.")
+flags.DEFINE_bool("keep_work", False, "Keep <output_dir>/work (the files passed between the processes).")
+flags.DEFINE_string("tfmot_python", None,
+                    "Python with tensorflow-model-optimization and tf_keras (default: "
+                    "$MBAKT_TFMOT_PYTHON, then .venv-optimize/bin/python, then this Python).")
+flags.DEFINE_bool("strict", True, "Exit with status 1 when a check fails.")
+flags.DEFINE_string("dataset", None, "Dataset name (default: the one in the run's results.json).")
+flags.DEFINE_string("data_dir", None, "Dataset folder (see train.py --data_dir).")
+flags.DEFINE_integer("image_size", None, "Resize images (default: as in the run's results.json).")
+flags.mark_flag_as_required("model")
+
+
+def optimize_config_from_flags():
+    from mbakt_tf.optimize import OptimizeConfig
+
+    return OptimizeConfig(
+        methods=tuple(FLAGS.methods),
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        teacher=FLAGS.teacher,
+        alpha=FLAGS.alpha,
+        temperature=FLAGS.temperature,
+        target_sparsity=FLAGS.target_sparsity,
+        pruning_end_fraction=FLAGS.pruning_end_fraction,
+        train_limit=FLAGS.train_limit,
+        test_limit=FLAGS.test_limit,
+        augment=FLAGS.augment,
+        representative_samples=FLAGS.representative_samples,
+        int8_io=FLAGS.int8_io,
+        seed=FLAGS.seed,
+        keep_work=FLAGS.keep_work,
+        tfmot_python=FLAGS.tfmot_python,
+        strict=False,  # the script reports failed checks itself, then sets the exit status
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from mbakt_tf import export, optimize, tf_keras_bridge
+
+    try:
+        config = optimize_config_from_flags()
+        model_path = export.resolve_model_path(FLAGS.model)
+    except export.ModelFileNotFoundError as error:
+        raise app.UsageError(f"--model: {error}") from error
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+    start = time.time()
+
+    def progress(message):
+        print(f"[{time.time() - start:6.1f} s] {message}", flush=True)
+
+    try:
+        result = optimize.optimize_from_file(
+            model_path,
+            output_dir=FLAGS.output_dir,
+            config=config,
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            image_size=FLAGS.image_size,
+            progress=progress,
+        )
+    except (optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
+            export.NotMBAKTModelError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(optimize.format_report(result.report))
+    print()
+    print(f"Wrote {result.output_dir}/ in {time.time() - start:.0f} s:")
+    for name, path in result.files.items():
+        print(f"  {name:<16} {path}")
+    if FLAGS.strict and not result.ok:
+        print("error: some checks failed (see above and report.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

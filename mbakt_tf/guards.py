@@ -1,0 +1,216 @@
+"""Training guards (Keras callbacks): stop on non-finite losses, warn on a collapsed discriminator.
+
+`NonFiniteLossGuard` checks every loss term after each training step and
+raises `NonFiniteLossError` naming the first non-finite term (in the order
+`ce, kd, hint, adv, d_loss, loss`) and the step. It raises from
+`on_train_batch_end`, so callbacks after it in the list (the backup) never
+see that step: the last backup stays the last good state. Put it first.
+
+`DiscriminatorCollapseMonitor` logs a warning with the numbers when the
+discriminator's accuracy has stayed near 1 (it wins outright, the adversarial
+signal saturates) or near 0 (it is fooled completely) for `patience` steps.
+
+Example:
+```python
+callbacks = [guards.NonFiniteLossGuard(), guards.DiscriminatorCollapseMonitor(patience=200)]
+model.fit(train_ds, epochs=3, callbacks=callbacks)
+```
+"""
+
+import logging
+import math
+
+import keras
+import numpy as np
+
+logger = logging.getLogger("mbakt_tf.guards")
+
+LOSS_TERMS = ("ce", "kd", "hint", "adv", "d_loss", "loss")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; `.term` and `.step` say which and when."""
+
+    def __init__(self, message, term, step, values):
+        super().__init__(message)
+        self.term = term
+        self.step = step
+        self.values = values
+
+
+def _as_float(value):
+    try:
+        return float(np.asarray(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _resumed_steps(backup, epoch):
+    """Steps of `epoch` done before a resume (Keras numbers the batches from 0 again)."""
+    position = getattr(backup, "position", None)
+    if position is not None and position.epoch == epoch:
+        return position.step
+    return 0
+
+
+def _global_step(model):
+    """The generator optimizer's step count (what the adversarial warm-up uses)."""
+    try:
+        return int(np.asarray(model.optimizer.iterations.value.numpy()))
+    except Exception:  # pragma: no cover - unusual optimizers
+        return None
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss terms are not finite.
+
+    Training logs are running means over the epoch, so a NaN in any step
+    turns its term's log non-finite from that step on: the first non-finite
+    log is the step that produced it.
+
+    Args:
+        terms: log keys to check, in reporting order.
+        backup: optional `resume.ResumableBackup`; its last good checkpoint is
+            named in the message.
+    """
+
+    def __init__(self, terms=LOSS_TERMS, backup=None):
+        super().__init__()
+        self.terms = tuple(terms)
+        self.backup = backup
+        self._epoch = 0
+        self._step_offset = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._step_offset = _resumed_steps(self.backup, epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        values = {t: _as_float(logs[t]) for t in self.terms if t in logs}
+        bad = [t for t, v in values.items() if v is not None and not math.isfinite(v)]
+        if not bad:
+            return
+        self.model.stop_training = True
+        step = _global_step(self.model)
+        where = f"step {step}" if step is not None else "this step"
+        batch_in_epoch = self._step_offset + batch + 1
+        shown = ", ".join(f"{t}={values[t]}" for t in bad)
+        message = (
+            f"non-finite loss term {bad[0]!r} at {where} (epoch {self._epoch + 1}, "
+            f"batch {batch_in_epoch}): {shown}. Training stopped; the model of this step was not saved."
+        )
+        if self.backup is not None:
+            last = self.backup.last_saved
+            if last is not None:
+                message += (
+                    f" Last good backup: step {last.global_step} in {last.path} "
+                    "(restarting the same command resumes from it)."
+                )
+            else:
+                message += f" No backup was written yet in {self.backup.backup_dir}."
+        message += (
+            " Check the inputs for NaN/Inf, lower the learning rate, or use a LossScaleOptimizer "
+            "with mixed precision."
+        )
+        raise NonFiniteLossError(message, bad[0], step, values)
+
+
+class DiscriminatorCollapseMonitor(keras.callbacks.Callback):
+    """Warns when `d_accuracy` stays within `margin` of 0 or 1 for `patience` steps.
+
+    Per-step accuracies are recovered from the running epoch mean that Keras
+    logs (`mean_k * k - mean_(k-1) * (k-1)`), so no model change is needed.
+    One warning per collapse episode; a new one after the accuracy recovered.
+    `events` keeps every warning's numbers (dicts) for tests and reports.
+
+    Args:
+        patience: consecutive steps before warning; 0 disables the monitor.
+        margin: "near 0 or 1" means within this distance.
+        metric: the log key of the discriminator accuracy.
+    """
+
+    def __init__(self, patience=200, margin=0.02, metric="d_accuracy", backup=None):
+        super().__init__()
+        if not 0 <= margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {margin}.")
+        self.patience = int(patience)
+        self.margin = float(margin)
+        self.metric = metric
+        self.backup = backup
+        self.events = []
+        self._reset_run()
+        self._offset, self._epoch_total, self._epoch_count = 0, None, 0
+
+    def _reset_run(self):
+        self._side = None
+        self._run = []
+        self._warned = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._offset = _resumed_steps(self.backup, epoch)
+        self._epoch_total = None
+        self._epoch_count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.patience <= 0 or not logs or self.metric not in logs:
+            return
+        mean = _as_float(logs[self.metric])
+        if mean is None or not math.isfinite(mean):
+            return
+        count = self._offset + batch + 1  # steps in the running mean
+        total = mean * count
+        previous_total, previous_count = self._epoch_total, self._epoch_count
+        self._epoch_total, self._epoch_count = total, count
+        if previous_total is None:
+            if self._offset:
+                return  # resumed mid-epoch: the mean includes steps from before; start here
+            steps, value = count, mean  # first log of the epoch: the mean of its steps
+        else:
+            steps = count - previous_count
+            value = (total - previous_total) / max(steps, 1)
+        self.observe(value, steps, logs)
+
+    def observe(self, accuracy, steps=1, logs=None):
+        """Feeds the mean discriminator accuracy of `steps` consecutive steps."""
+        accuracy = min(1.0, max(0.0, accuracy))
+        side = "1" if accuracy >= 1.0 - self.margin else "0" if accuracy <= self.margin else None
+        if side is None or side != self._side:
+            self._reset_run()
+            self._side = side
+            if side is None:
+                return
+        self._run.extend([accuracy] * int(steps))
+        if len(self._run) >= self.patience and not self._warned:
+            self._warned = True
+            self._warn(logs or {})
+
+    def _warn(self, logs):
+        run = np.asarray(self._run)
+        step = _global_step(self.model) if self.model is not None else None
+        event = {
+            "step": step,
+            "steps": int(run.size),
+            "side": self._side,
+            "mean": float(run.mean()),
+            "min": float(run.min()),
+            "max": float(run.max()),
+        }
+        for key in ("d_loss", "adv"):
+            if key in logs and _as_float(logs[key]) is not None:
+                event[key] = _as_float(logs[key])
+        self.events.append(event)
+        verdict = (
+            "always right: it wins outright and the adversarial signal saturates"
+            if self._side == "1"
+            else "always wrong: the branches fool it completely"
+        )
+        extras = "".join(f", {k} {event[k]:.4f}" for k in ("d_loss", "adv") if k in event)
+        logger.warning(
+            "discriminator collapse: d_accuracy has been within %.2f of %s for %d steps "
+            "(up to step %s: mean %.4f, min %.4f, max %.4f%s); the discriminator is %s. "
+            "Consider a lower --d_learning_rate, more --discriminator_label_smoothing, or a "
+            "smaller --gamma.",
+            self.margin, self._side, event["steps"], step, event["mean"], event["min"],
+            event["max"], extras, verdict,
+        )

@@ -1,0 +1,182 @@
+"""Guards: NaN stops training naming the term and step, collapse warnings, flag validation."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from mbakt_tf import data, guards, resume, training
+from mbakt_tf.config import MBAKTConfig
+from mbakt_tf.data import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def splits_with_nan_batch(nan_batch, batch_size=8, num_batches=4):
+    """Unshuffled, unaugmented training batches; batch `nan_batch` (1-based) holds NaN pixels."""
+    images, labels = synthetic.make_synthetic(
+        num_classes=4, image_shape=(16, 16, 1), num_examples=batch_size * num_batches)
+    test = (images[:batch_size].copy(), labels[:batch_size])
+    images[(nan_batch - 1) * batch_size:nan_batch * batch_size, 3, 3, 0] = np.nan
+    info = data.DatasetInfo(
+        name="nan_test", num_classes=4, input_shape=(16, 16, 1), class_names=list("abcd"),
+        num_train=len(images), num_validation=0, num_test=batch_size)
+    return data.DatasetSplits(
+        train=data.make_dataset((images, labels), batch_size=batch_size),
+        validation=None, test=data.make_dataset(test, batch_size=batch_size), info=info)
+
+
+def test_nan_input_stops_training_naming_the_term_and_step_and_keeps_the_last_good_backup(tmp_path):
+    config = training.TrainConfig(
+        dataset="nan_test", epochs=2, batch_size=8, output_dir=str(tmp_path), run_name="run",
+        verbose=0, backup_dir=str(tmp_path / "backup"), backup_steps=1,
+    )
+    with pytest.raises(guards.NonFiniteLossError) as caught:
+        training.train(config, MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0),
+                       splits=splits_with_nan_batch(nan_batch=3))
+    error = caught.value
+    assert error.term == "ce" and error.step == 3
+    message = str(error)
+    assert "non-finite loss term 'ce' at step 3 (epoch 1, batch 3)" in message
+    assert "Last good backup: step 2" in message
+    # The run's outputs were not written; the newest backup is step 2, finite.
+    assert not (tmp_path / "run" / "model.keras").exists()
+    backup = resume.ResumableBackup(tmp_path / "backup", steps_per_epoch=4,
+                                    fingerprint=training.run_fingerprint(config, MBAKTConfig(
+                                        mode="mbakt", adversarial_warmup_steps=0)))
+    model = training.build_model(config, MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0),
+                                 splits_with_nan_batch(3).info, 4)
+    position = backup.restore(model)
+    assert (position.epoch, position.step, position.global_step) == (0, 2, 2)
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
+
+
+def test_non_finite_guard_names_the_first_bad_term():
+    guard = guards.NonFiniteLossGuard()
+    guard.set_model(keras.Sequential())  # no optimizer: the step is not known
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(0, {"ce": 1.0, "kd": 0.5, "loss": 1.5})
+    with pytest.raises(guards.NonFiniteLossError, match=r"non-finite loss term 'kd' at this step \(epoch 1, batch 2\): kd=inf, loss=inf"):
+        guard.on_train_batch_end(1, {"ce": 1.0, "kd": np.float32(np.inf), "loss": np.inf})
+
+
+class _Stub:
+    def __init__(self, step):
+        self.optimizer = type("Optimizer", (), {"iterations": keras.Variable(step)})()
+
+
+def _feed(monitor, per_step, epoch_length=None):
+    """Feeds Keras-style logs (running means over the epoch) of per-step accuracies."""
+    epoch_length = epoch_length or len(per_step)
+    for start in range(0, len(per_step), epoch_length):
+        monitor.on_epoch_begin(start // epoch_length)
+        values = per_step[start:start + epoch_length]
+        for batch in range(len(values)):
+            monitor.on_train_batch_end(
+                batch, {"d_accuracy": float(np.mean(values[:batch + 1])), "d_loss": 0.01})
+
+
+def test_collapse_monitor_warns_with_the_numbers(caplog):
+    monitor = guards.DiscriminatorCollapseMonitor(patience=6, margin=0.02)
+    monitor.set_model(_Stub(step=42))
+    with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
+        _feed(monitor, [0.6, 0.7] + [1.0] * 3 + [0.99] * 4, epoch_length=5)
+    assert len(monitor.events) == 1
+    event = monitor.events[0]
+    assert event["side"] == "1" and event["steps"] == 6 and event["step"] == 42
+    assert event["min"] == pytest.approx(0.99, abs=1e-6) and event["max"] == pytest.approx(1.0)
+    assert "discriminator collapse: d_accuracy has been within 0.02 of 1 for 6 steps" in caplog.text
+    assert "d_loss 0.0100" in caplog.text
+
+    # Near 0, after a recovery: a second warning. Balanced accuracies: none.
+    _feed(monitor, [0.5] * 3 + [0.0] * 6)
+    assert [e["side"] for e in monitor.events] == ["1", "0"]
+    quiet = guards.DiscriminatorCollapseMonitor(patience=3)
+    quiet.set_model(_Stub(step=1))
+    _feed(quiet, [0.5, 1.0, 0.4, 1.0, 0.97, 0.3, 1.0, 1.0])
+    assert quiet.events == []
+
+
+def test_train_config_rejects_bad_distribution_fields():
+    for kwargs, message in [
+        (dict(strategy="tpu"), "strategy must be one of"),
+        (dict(cpu_devices=0), "cpu_devices must be >= 1"),
+        (dict(strategy="multi_worker", cpu_devices=2), "cpu_devices > 1 does not apply"),
+        (dict(strategy="mirrored", jit_compile=True), "jit_compile=True is not supported"),
+        (dict(backup_steps=-1, backup_dir="x"), "backup_steps must be >= 0"),
+        (dict(backup_steps=10), "backup_steps needs backup_dir"),
+        (dict(collapse_patience=-1), "collapse_patience must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            training.TrainConfig(**kwargs)
+
+
+FLAG_CASES = [
+    (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
+     "batch_size=15 is not divisible by the 2 replicas"),
+    (["--beta=-0.5"], "MBAKTConfig.beta must be >= 0, got -0.5"),
+    (["--gamma=-1"], "MBAKTConfig.gamma must be >= 0"),
+    (["--weight_decay=-0.1"], "weight_decay must be >= 0"),
+    (["--temperature=-2"], "MBAKTConfig.temperature must be > 0"),
+    (["--adversarial_temperature=0"], "MBAKTConfig.adversarial_temperature must be > 0"),
+    (["--strategy=parameter_server"], "flag --strategy=parameter_server: value should be one of"),
+    (["--adaptation=fancy"], "flag --adaptation=fancy: value should be one of"),
+    (["--cpu_devices=0"], "cpu_devices must be >= 1"),
+    (["--strategy=multi_worker", "--cpu_devices=2"], "cpu_devices > 1 does not apply"),
+    (["--strategy=mirrored", "--jit_compile"], "jit_compile=True is not supported"),
+    (["--backup_steps=5"], "backup_steps needs backup_dir"),
+    (["--backup_dir={out}/backup", "--backup_steps=-1"], "backup_steps must be >= 0"),
+    (["--backbone=resnet1000"], "flag --backbone=resnet1000: value should be one of"),
+    (["--dataset=no_such_dataset"], "no_such_dataset"),
+]
+
+
+# Runs scripts/train.py's main() once per flag set in one fresh process (one
+# TensorFlow start-up instead of one per case); absl parses the flags as
+# app.run does, and the errors are what the script prints.
+FLAG_DRIVER = r"""
+import contextlib, io, json, sys
+from absl import app, flags
+from mbakt_tf.cli import train as cli_train
+FLAGS = flags.FLAGS
+outcomes = []
+for args in json.loads(sys.argv[1]):
+    FLAGS.unparse_flags()
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            code = cli_train.main(FLAGS(["train.py", *args]))
+        outcomes.append(f"exit code {code}: {stderr.getvalue()}")
+    except (flags.Error, app.UsageError) as error:
+        outcomes.append(str(error))
+print("RESULT " + json.dumps(outcomes))
+"""
+
+
+def test_train_script_rejects_every_bad_flag_before_any_work(tmp_path):
+    cases = [[f"--output_dir={tmp_path}/out", "--dataset=synthetic", "--epochs=1",
+              *(a.format(out=tmp_path) for a in args)] for args, _ in FLAG_CASES]
+    process = subprocess.run(
+        [sys.executable, "-c", FLAG_DRIVER, json.dumps(cases)], capture_output=True, text=True,
+        cwd=ROOT, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, process.stderr[-3000:]
+    for (args, message), outcome in zip(FLAG_CASES, json.loads(lines[0][len("RESULT "):])):
+        assert message in outcome, (args, outcome)
+    assert not any(tmp_path.iterdir())  # no run folder, no backup
+
+
+def test_train_command_rejects_a_batch_the_replicas_cannot_split(tmp_path):
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--output_dir={tmp_path}",
+         "--strategy=mirrored", "--cpu_devices=2", "--batch_size=15", f"--backup_dir={tmp_path}/b"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert process.returncode == 1
+    assert "batch_size=15 is not divisible by the 2 replicas of the strategy" in process.stderr
+    assert not any(tmp_path.iterdir())
