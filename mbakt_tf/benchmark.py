@@ -2,8 +2,8 @@
 
 Every variant runs its compiled `train_step` on the same batch: warm-up calls
 (tracing, XLA compilation) are excluded, then `repeats` timed rounds of
-`steps` calls each; a round ends when its last loss reaches the host. The
-median round is reported. The variants split the extra time of MBAKT into its
+`steps` calls each, the variants taking turns round by round; a round ends
+when its last loss reaches the host. The median round is reported. The variants split the extra time of MBAKT into its
 parts:
 
 - `plain`: main branch only, cross-entropy;
@@ -51,21 +51,6 @@ def _compiled_step(model, jit_compile):
     return step
 
 
-def time_train_step(model, batch, steps=10, repeats=5, warmup=3, jit_compile=False):
-    """Median seconds of one training step of `model` on `batch` (x, y)."""
-    step = _compiled_step(model, jit_compile)
-    for _ in range(warmup):
-        float(step(batch)["loss"])
-    rounds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            logs = step(batch)
-        float(logs["loss"])
-        rounds.append((time.perf_counter() - start) / steps)
-    return statistics.median(rounds), rounds
-
-
 def benchmark_train_step(
     backbone,
     input_shape,
@@ -90,17 +75,30 @@ def benchmark_train_step(
         rng = np.random.default_rng(seed)
         images = tf.constant(rng.uniform(0, 255, (batch_size,) + tuple(input_shape)).astype("float32"))
         labels = tf.constant(rng.integers(0, num_classes, batch_size).astype("int32"))
-        timings = {}
+        batch = (images, labels)
+        steps_by_variant = {}
         for variant in variants:
             keras.utils.set_random_seed(seed)
             config = dataclasses.replace(base_config, **VARIANTS[variant])
             model = MBAKT.from_backbone(backbone, num_classes, input_shape, config=config)
             model.compile()
-            median, rounds = time_train_step(
-                model, (images, labels), steps=steps, repeats=repeats, warmup=warmup,
-                jit_compile=jit_compile,
-            )
-            timings[variant] = StepTiming(variant, median, rounds, batch_size / median)
+            step = _compiled_step(model, jit_compile)
+            for _ in range(warmup):
+                float(step(batch)["loss"])
+            steps_by_variant[variant] = step
+        # Rounds interleave the variants, so load from other processes hits all alike.
+        rounds = {variant: [] for variant in variants}
+        for _ in range(repeats):
+            for variant, step in steps_by_variant.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    logs = step(batch)
+                float(logs["loss"])
+                rounds[variant].append((time.perf_counter() - start) / steps)
+        timings = {}
+        for variant in variants:
+            median = statistics.median(rounds[variant])
+            timings[variant] = StepTiming(variant, median, rounds[variant], batch_size / median)
             log(f"{variant:>9}: {1000 * median:8.2f} ms/step  {batch_size / median:9.1f} images/s")
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
