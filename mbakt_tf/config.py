@@ -139,11 +139,16 @@ class MBAKTConfig:
 
     @classmethod
     def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown MBAKTConfig fields: {unknown}. Known: {sorted(known)}.")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
+
+
+def dataclass_from_dict(cls, values):
+    """`cls(**values)` for a dataclass, with unknown keys an error that names them."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} fields: {unknown}. Known: {sorted(known)}.")
+    return cls(**values)
 
 
 def _check_choice(field, value, choices):

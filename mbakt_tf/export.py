@@ -60,6 +60,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from mbakt_tf.config import dataclass_from_dict
+
 TFLITE_FORMATS = ("float32", "float16", "dynamic_range", "int8")
 INT8_IO_TYPES = ("int8", "uint8")
 SIGNATURE_KEY = "serving_default"
@@ -188,11 +190,7 @@ class ExportConfig:
 
     @classmethod
     def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown ExportConfig fields: {unknown}. Known: {sorted(known)}.")
-        return cls(**values)
+        return dataclass_from_dict(cls, values)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,9 @@ Usage:
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from mbakt_tf.cli import run_app
 
 from mbakt_tf import backbones
 
@@ -59,8 +61,7 @@ def main(argv):
 
 
 def run():
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_app(main)
 
 
 if __name__ == "__main__":

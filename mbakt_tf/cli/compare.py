@@ -15,8 +15,9 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from mbakt_tf.cli import run_app
 from mbakt_tf.cli import flags as cli_flags
 
 cli_flags.define_data_flags()
@@ -97,8 +98,7 @@ def main(argv):
 
 
 def run():
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_app(main)
 
 
 if __name__ == "__main__":

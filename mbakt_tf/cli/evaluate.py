@@ -9,7 +9,9 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from mbakt_tf.cli import run_app
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Path to a saved MBAKT model (.keras) or its run folder.")
@@ -75,8 +77,7 @@ def main(argv):
 
 
 def run():
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_app(main)
 
 
 if __name__ == "__main__":

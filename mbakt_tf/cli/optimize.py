@@ -18,9 +18,10 @@ a layer the tf_keras bridge does not support).
 """
 
 import sys
-import time
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from mbakt_tf.cli import run_app, timed_progress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
@@ -96,10 +97,7 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from error
 
-    start = time.time()
-
-    def progress(message):
-        print(f"[{time.time() - start:6.1f} s] {message}", flush=True)
+    progress = timed_progress()
 
     try:
         result = optimize.optimize_from_file(
@@ -118,7 +116,7 @@ def main(argv):
     print()
     print(optimize.format_report(result.report))
     print()
-    print(f"Wrote {result.output_dir}/ in {time.time() - start:.0f} s:")
+    print(f"Wrote {result.output_dir}/ in {progress.elapsed():.0f} s:")
     for name, path in result.files.items():
         print(f"  {name:<16} {path}")
     if FLAGS.strict and not result.ok:
@@ -128,8 +126,7 @@ def main(argv):
 
 
 def run():
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_app(main)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Exit codes: 0 done, 1 bad flags (usage error), 2 data not found, 3 non-finite lo
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from mbakt_tf.cli import run_app
 from mbakt_tf.cli import flags as cli_flags
 
 cli_flags.define_data_flags()
@@ -74,8 +75,7 @@ def main(argv):
 
 
 def run():
-    logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_app(main)
 
 
 if __name__ == "__main__":
