@@ -49,29 +49,37 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import warnings
-import zipfile
 from typing import Optional, Tuple
 
 import numpy as np
 
+from mbakt_tf import saved_runs
+from mbakt_tf.checks import Checks
 from mbakt_tf.config import dataclass_from_dict
+from mbakt_tf.reporting import format_size, text_table
+# Re-exported: the errors callers catch and the names they pass come with `export`.
+from mbakt_tf.saved_runs import (  # noqa: F401
+    ModelFileNotFoundError,
+    NotMBAKTModelError,
+    load_mbakt_model,
+    resolve_model_path,
+)
+from mbakt_tf.serving import INPUT_NAME, SIGNATURE_KEY, check_images, probe_saved_model, write_saved_model
+from mbakt_tf.tflite import (  # noqa: F401
+    INT8_IO_TYPES,
+    TFLITE_FORMATS,
+    LiteRTModel,
+    convert_tflite,
+    expected_weight_ops,
+    non_builtin_ops,
+    tflite_structure,
+)
 
-TFLITE_FORMATS = ("float32", "float16", "dynamic_range", "int8")
-INT8_IO_TYPES = ("int8", "uint8")
-SIGNATURE_KEY = "serving_default"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probabilities")
 SAVED_MODEL_DIR = "saved_model"
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MANIFEST_VERSION = 1
-MBAKT_CLASSES = ("MBAKT", "MBAKTSegmenter")
 # Segmentation outputs are maps (H x W x classes per image): parity runs on at
 # most this many test images unless ExportConfig.test_limit says otherwise.
 SEGMENTATION_TEST_LIMIT = 1000
@@ -88,14 +96,6 @@ PARITY_TOLERANCES = {
     "dynamic_range": {"atol": None, "rtol": None, "min_top1": 0.95},
     "int8": {"atol": None, "rtol": None, "min_top1": 0.95},
 }
-
-
-class ModelFileNotFoundError(FileNotFoundError):
-    """No saved model where the caller said."""
-
-
-class NotMBAKTModelError(ValueError):
-    """The file exists but does not hold an `MBAKT` model."""
 
 
 class ExportCheckError(RuntimeError):
@@ -214,70 +214,6 @@ def _quiet(progress):
     return progress if progress is not None else (lambda message: None)
 
 
-# --------------------------------------------------------------------- loading
-
-
-def resolve_model_path(path):
-    """A `.keras` path from a file or a run folder (which must hold `model.keras`)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.keras")
-    if not os.path.isfile(path):
-        raise ModelFileNotFoundError(
-            f"No saved model at {path!r}: pass a run's model.keras or its run folder "
-            "(e.g. saved_models/quickstart)."
-        )
-    return path
-
-
-def _saved_class(path):
-    """(class_name, registered_name, name) from a .keras archive's config, without loading it."""
-    if not zipfile.is_zipfile(path):
-        raise NotMBAKTModelError(
-            f"{path} is not a Keras .keras archive (a zip file): save the model with "
-            "model.save('....keras')."
-        )
-    with zipfile.ZipFile(path) as archive:
-        if "config.json" not in archive.namelist():
-            raise NotMBAKTModelError(f"{path} is a zip file but not a Keras .keras archive (no config.json).")
-        config = json.loads(archive.read("config.json"))
-    return config.get("class_name"), config.get("registered_name"), config.get("config", {}).get("name")
-
-
-def load_mbakt_model(path):
-    """Loads an `MBAKT` model from a `.keras` file or a run folder, with clear errors.
-
-    Raises:
-        ModelFileNotFoundError: nothing at `path`.
-        NotMBAKTModelError: not a .keras archive, or it holds another kind of
-            model (e.g. `main_branch.keras`, the main branch alone).
-    """
-    import keras
-
-    from mbakt_tf.model import MBAKT
-
-    path = resolve_model_path(path)
-    class_name, registered, name = _saved_class(path)
-    if class_name not in MBAKT_CLASSES and registered not in {f"mbakt_tf>{c}" for c in MBAKT_CLASSES}:
-        hint = (
-            " main_branch.keras is the main branch alone; export from the run's model.keras."
-            if os.path.basename(path) == "main_branch.keras"
-            else ""
-        )
-        raise NotMBAKTModelError(
-            f"{path} holds a {class_name} model ({name!r}), not an MBAKT model: export needs the "
-            f"whole MBAKT model to know its branches.{hint}"
-        )
-    try:
-        model = keras.models.load_model(path)
-    except Exception as error:  # noqa: BLE001 - any loader failure means "not loadable here"
-        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise NotMBAKTModelError(f"{path} could not be loaded as an MBAKT model: {first_line}") from error
-    if not isinstance(model, MBAKT):
-        raise NotMBAKTModelError(f"{path} holds a {type(model).__name__}, not an MBAKT model.")
-    return model
-
-
 def resolve_branch(model, branch=None):
     """`"main"` or the `"branch_k"` of `model` that `branch` (None, "main", k, "k", "branch_k") names."""
     request = ExportConfig(branch=None if branch is None else str(branch)).resolved_branch_request
@@ -311,300 +247,6 @@ def foreign_names(model, branch):
 def _foreign_pattern(names):
     # "branch_1" must not match inside "main_branch_1" (the exported model's own name) or "branch_10".
     return re.compile("|".join(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![0-9])" for n in names))
-
-
-# ------------------------------------------------------------------- SavedModel
-
-
-def write_saved_model(keras_model, path):
-    """Writes `keras_model` as a SavedModel with one `serving_default` signature.
-
-    `keras.export.ExportArchive` tracks only `keras_model`'s variables; the
-    endpoint takes `images` float32 (None, H, W, C) raw pixels in [0, 255] and
-    returns `{"logits", "probabilities"}`.
-    """
-    import keras
-    import tensorflow as tf
-
-    height, width, channels = (int(d) for d in keras_model.input.shape[1:])
-    archive = keras.export.ExportArchive()
-    archive.track(keras_model)
-
-    def serve(images):
-        logits = keras_model(images, training=False)
-        return {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: tf.nn.softmax(logits, axis=-1)}
-
-    archive.add_endpoint(
-        SIGNATURE_KEY,
-        serve,
-        input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME)],
-    )
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    archive.write_out(path, verbose=False)
-    return path
-
-
-# Runs in a fresh interpreter: only numpy and TensorFlow, never mbakt_tf (checked).
-_SAVED_MODEL_PROBE = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-
-saved_model_dir, images_path, outputs_path, signature_key = sys.argv[1:5]
-loaded = tf.saved_model.load(saved_model_dir)
-serve = loaded.signatures[signature_key]
-(input_name, input_spec), = serve.structured_input_signature[1].items()
-images = np.load(images_path)
-outputs = {}
-for start in range(0, len(images), 256):
-    batch = serve(**{input_name: tf.constant(images[start:start + 256])})
-    for key, value in batch.items():
-        outputs.setdefault(key, []).append(value.numpy())
-np.savez(outputs_path, **{key: np.concatenate(value) for key, value in outputs.items()})
-variables = [(v.name, [int(d) for d in v.shape]) for v in loaded.variables]
-facts = {
-    "input": {"name": input_name, "dtype": input_spec.dtype.name,
-              "shape": [None if d is None else int(d) for d in input_spec.shape]},
-    "outputs": {k: {"dtype": s.dtype.name, "shape": [None if d is None else int(d) for d in s.shape]}
-                for k, s in serve.structured_outputs.items()},
-    "variable_count": len(variables),
-    "parameter_count": int(sum(int(np.prod(shape)) for _, shape in variables)),
-    "variable_names": [name for name, _ in variables],
-    "mbakt_tf_imported": any(m == "mbakt_tf" or m.startswith("mbakt_tf.") for m in sys.modules),
-    "keras_imported": "keras" in sys.modules,
-    "python": sys.executable,
-}
-assert not facts["mbakt_tf_imported"], "the SavedModel probe imported mbakt_tf"
-print("SAVED_MODEL_FACTS " + json.dumps(facts))
-"""
-
-
-def probe_saved_model(saved_model_dir, images, timeout=600):
-    """Runs the SavedModel on `images` in a fresh Python process that never imports mbakt_tf.
-
-    Returns `(outputs, facts)`: outputs `{"logits", "probabilities"}` arrays;
-    facts the signature, variable count, parameter count, variable names and
-    whether mbakt_tf or keras were imported there (mbakt_tf never is: the
-    process asserts it).
-    """
-    with tempfile.TemporaryDirectory(prefix="mbakt_probe_") as tmp:
-        images_path = os.path.join(tmp, "images.npy")
-        outputs_path = os.path.join(tmp, "outputs.npz")
-        np.save(images_path, np.asarray(images, np.float32))
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        env.pop("PYTHONSTARTUP", None)
-        # cwd is a temporary folder and the script is passed inline: nothing imports mbakt_tf.
-        process = subprocess.run(
-            [sys.executable, "-c", _SAVED_MODEL_PROBE, os.path.abspath(saved_model_dir),
-             images_path, outputs_path, SIGNATURE_KEY],
-            capture_output=True, text=True, cwd=tmp, env=env, timeout=timeout,
-        )
-        if process.returncode != 0:
-            raise RuntimeError(
-                f"Reloading the SavedModel in a fresh process failed:\n{process.stderr[-3000:]}"
-            )
-        line = [x for x in process.stdout.splitlines() if x.startswith("SAVED_MODEL_FACTS ")][-1]
-        facts = json.loads(line[len("SAVED_MODEL_FACTS "):])
-        with np.load(outputs_path) as saved:
-            outputs = {key: saved[key] for key in saved.files}
-    return outputs, facts
-
-
-# ---------------------------------------------------------------------- TFLite
-
-
-def representative_dataset(images):
-    """Calibration generator for the converter: one `{"images": (1, H, W, C)}` at a time.
-
-    The first image gets one pixel at 0 and one at 255 so that the input's
-    quantization range is exactly [0, 255]: scale 1, so the uint8 input is the
-    pixel bytes themselves and the int8 input is pixel - 128.
-    """
-    images = np.array(images, np.float32, copy=True)
-    flat = images[0].reshape(-1)
-    flat[0], flat[-1] = 0.0, 255.0
-    images[0] = flat.reshape(images[0].shape)
-
-    def generate():
-        for image in images:
-            yield {INPUT_NAME: image[None]}
-
-    return generate
-
-
-def convert_tflite(saved_model_dir, fmt, representative_images=None, int8_io="int8"):
-    """TFLite flatbuffer bytes of the SavedModel's `serving_default` in format `fmt`.
-
-    Builtin ops only (`TFLITE_BUILTINS`, `TFLITE_BUILTINS_INT8` for int8):
-    no Flex/SELECT_TF_OPS, which stock Android LiteRT builds lack.
-    """
-    import tensorflow as tf
-
-    if fmt not in TFLITE_FORMATS:
-        raise ValueError(f"Unknown TFLite format {fmt!r}; choose from {list(TFLITE_FORMATS)}.")
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE_KEY])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if fmt == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif fmt == "dynamic_range":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif fmt == "int8":
-        if representative_images is None or len(representative_images) == 0:
-            raise ValueError("int8 conversion needs representative_images (training images).")
-        if int8_io not in INT8_IO_TYPES:
-            raise ValueError(f"int8_io must be one of {INT8_IO_TYPES}, got {int8_io!r}.")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset(representative_images)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = getattr(tf, int8_io)
-        converter.inference_output_type = getattr(tf, int8_io)
-    with warnings.catch_warnings():
-        # The converter's own calibration uses the deprecated tf.lite.Interpreter; not ours to fix.
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        return converter.convert()
-
-
-def _litert():
-    try:
-        from ai_edge_litert import interpreter
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "TFLite parity and benchmarks need the LiteRT interpreter: pip install ai-edge-litert"
-        ) from error
-    return interpreter
-
-
-def _quantization(detail):
-    scale, zero_point = detail["quantization"]
-    return {"scale": float(scale), "zero_point": int(zero_point)} if scale else None
-
-
-def _tensor_doc(detail, name):
-    return {
-        "name": name,
-        "tensor": detail["name"],
-        "index": int(detail["index"]),
-        "dtype": np.dtype(detail["dtype"]).name,
-        "shape": [int(d) for d in detail["shape"]],
-        "quantization": _quantization(detail),
-    }
-
-
-class LiteRTModel:
-    """One TFLite file in the LiteRT interpreter: float in, dequantized float out.
-
-    Example:
-    ```python
-    lite = LiteRTModel("saved_models/quickstart_export/model_int8.tflite")
-    lite.predict(images)["logits"]     # images float32 (N, H, W, C) in [0, 255]
-    ```
-    """
-
-    def __init__(self, path, num_threads=1):
-        interpreter_lib = _litert()
-        self.path = path
-        self.interpreter = interpreter_lib.Interpreter(model_path=path, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        runner = self.interpreter.get_signature_runner(SIGNATURE_KEY)
-        self.input = runner.get_input_details()[INPUT_NAME]
-        self.outputs = runner.get_output_details()
-        self._input_index = self.input["index"]
-
-    def quantize_input(self, images):
-        images = np.asarray(images, np.float32)
-        dtype = np.dtype(self.input["dtype"])
-        quant = _quantization(self.input)
-        if quant is None:
-            return images.astype(dtype)
-        q = np.round(images / quant["scale"] + quant["zero_point"])
-        info = np.iinfo(dtype)
-        return np.clip(q, info.min, info.max).astype(dtype)
-
-    def predict(self, images):
-        """`{"logits", "probabilities"}` float32 arrays for float images (N, H, W, C), one at a time."""
-        results = {name: [] for name in self.outputs}
-        for image in self.quantize_input(images):
-            self.interpreter.set_tensor(self._input_index, image[None])
-            self.interpreter.invoke()
-            for name, detail in self.outputs.items():
-                value = self.interpreter.get_tensor(detail["index"])[0]
-                quant = _quantization(detail)
-                if quant is not None:
-                    value = (value.astype(np.float32) - quant["zero_point"]) * quant["scale"]
-                results[name].append(value.astype(np.float32))
-        return {name: np.stack(values) for name, values in results.items()}
-
-    def benchmark(self, runs, warmup):
-        """Median and other statistics of `runs` timed invocations (ms) after `warmup` untimed ones."""
-        shape = self.input["shape"]
-        rng = np.random.default_rng(0)
-        image = self.quantize_input(rng.uniform(0, 255, size=shape).astype(np.float32))
-        self.interpreter.set_tensor(self._input_index, image)
-        for _ in range(warmup):
-            self.interpreter.invoke()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.interpreter.invoke()
-            times.append((time.perf_counter() - start) * 1e3)
-        times = np.asarray(times)
-        return {
-            "median_ms": float(np.median(times)),
-            "p10_ms": float(np.percentile(times, 10)),
-            "p90_ms": float(np.percentile(times, 90)),
-            "runs": int(runs),
-            "warmup": int(warmup),
-        }
-
-
-def tflite_structure(path):
-    """Ops (by name, no delegate), tensor dtype counts, and input/output docs of a TFLite file."""
-    interpreter_lib = _litert()
-    interpreter = interpreter_lib.Interpreter(
-        model_path=path,
-        experimental_op_resolver_type=interpreter_lib.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
-    ops = {}
-    for op in interpreter._get_ops_details():  # the only op listing the interpreter offers
-        ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
-    tensors = interpreter.get_tensor_details()
-    dtypes = {}
-    for tensor in tensors:
-        name = np.dtype(tensor["dtype"]).name
-        dtypes[name] = dtypes.get(name, 0) + 1
-    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
-    return {
-        "ops": dict(sorted(ops.items())),
-        "tensor_dtypes": dict(sorted(dtypes.items())),
-        "tensor_names": [t["name"] for t in tensors],
-        "input": _tensor_doc(runner.get_input_details()[INPUT_NAME], INPUT_NAME),
-        "outputs": [_tensor_doc(d, n) for n, d in runner.get_output_details().items()],
-    }
-
-
-def expected_weight_ops(keras_model):
-    """TFLite CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED counts a Keras model converts to.
-
-    Counts every conv and dense layer the model holds, nested ones included
-    (e.g. the two 1x1 convs inside a keras-cv squeeze-and-excite layer).
-    """
-    import keras
-
-    counts = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 0, "FULLY_CONNECTED": 0}
-    for layer in keras_model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.SeparableConv2D):
-            counts["CONV_2D"] += 1
-            counts["DEPTHWISE_CONV_2D"] += 1
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            counts["DEPTHWISE_CONV_2D"] += 1
-        elif isinstance(layer, keras.layers.Conv2D):
-            counts["CONV_2D"] += 1
-        elif isinstance(layer, keras.layers.Dense):
-            counts["FULLY_CONNECTED"] += 1
-    return counts
 
 
 def _count_flops(keras_model):
@@ -659,14 +301,6 @@ def _figures(outputs, labels, ignore_label=None):
 
 def _dir_bytes(path):
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-
-
-class _Checks:
-    def __init__(self):
-        self.items = []
-
-    def add(self, name, passed, detail):
-        self.items.append({"name": name, "passed": bool(passed), "detail": detail})
 
 
 # ---------------------------------------------------------------------- export
@@ -737,9 +371,8 @@ def export_model(
     run.labels(class_names)
     result = run.write_manifest(source)
     if config.strict and not result.ok:
-        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in result.failed_checks)
-        raise ExportCheckError(
-            f"Export to {output_dir} failed checks (see {result.files['manifest']}): {failed}")
+        raise ExportCheckError(f"Export to {output_dir} failed checks (see {result.files['manifest']}): "
+                               + Checks(result.manifest["checks"]).failure_message())
     return result
 
 
@@ -757,12 +390,12 @@ class _Export:
         self.ignore_label = getattr(model, "ignore_label", None)
         self.forbidden = foreign_names(model, self.branch)
         self.pattern = _foreign_pattern(self.forbidden)
-        self.checks = _Checks()
+        self.checks = Checks()
         self.files, self.docs, self.lite_models = {}, {}, {}
         self.latency = None
 
     def images(self, images, name):
-        return _check_images(images, self.input_shape, name)
+        return check_images(images, self.input_shape, name)
 
     def _output_shape(self):
         dims = ["batch", *(str(d) for d in self.keras_model.output.shape[1:-1]), str(self.num_classes)]
@@ -847,7 +480,7 @@ class _Export:
             **{key: structure[key] for key in ("input", "outputs", "ops", "tensor_dtypes")},
         }
         add, ops = self.checks.add, structure["ops"]
-        non_builtin = [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")]
+        non_builtin = non_builtin_ops(ops)
         add(f"{fmt}_builtin_ops_only", not non_builtin,
             f"ops {sorted(ops)}" if not non_builtin else f"non-builtin ops {non_builtin}")
         leaked = [n for n in structure["tensor_names"] if self.pattern.search(n)]
@@ -941,7 +574,7 @@ class _Export:
             "parity_tolerances": {fmt: PARITY_TOLERANCES[fmt] for fmt in formats},
             "latency": self.latency,
             "checks": self.checks.items,
-            "ok": all(c["passed"] for c in self.checks.items),
+            "ok": self.checks.ok,
         }
         path = os.path.join(self.output_dir, MANIFEST)
         with open(path, "w") as f:
@@ -963,47 +596,12 @@ def _int8_input_doc(doc):
     return f"{dtype} input = {meaning} (scale {quant['scale']:.6g}, zero point {quant['zero_point']})"
 
 
-def _check_images(images, input_shape, name):
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or tuple(images.shape[1:]) != input_shape:
-        expected = ", ".join(map(str, input_shape))
-        raise ValueError(f"{name} must have shape (N, {expected}), got {images.shape}.")
-    if len(images) == 0:
-        raise ValueError(f"{name} is empty.")
-    return images
-
-
 # ------------------------------------------------------------------ from a file
-
-
-def recorded_run(model_path):
-    """The run's results.json beside `model_path` as a dict ({} when there is none)."""
-    results = os.path.join(os.path.dirname(os.path.abspath(model_path)), "results.json")
-    if not os.path.isfile(results):
-        return {}
-    with open(results) as f:
-        return json.load(f)
 
 
 def default_output_dir(model_path, branch="main"):
     """`saved_models/<run>_export` (`..._export_branch_k` for an early exit) beside the run folder."""
-    run_dir = os.path.dirname(os.path.abspath(model_path))
-    suffix = "_export" if branch == "main" else f"_export_{branch}"
-    path = os.path.join(os.path.dirname(run_dir), os.path.basename(run_dir) + suffix)
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
-
-
-def _take_images(dataset, limit=None):
-    images, labels, count = [], [], 0
-    for x, y in dataset:
-        images.append(x.numpy())
-        labels.append(y.numpy())
-        count += len(x)
-        if limit is not None and count >= limit:
-            break
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    return (images, labels) if limit is None else (images[:limit], labels[:limit])
+    return saved_runs.sibling_dir(model_path, "_export" if branch == "main" else f"_export_{branch}")
 
 
 def export_from_file(
@@ -1030,12 +628,10 @@ def export_from_file(
         progress: called with a message before each long step.
 
     Raises:
-        ModelFileNotFoundError, NotMBAKTModelError: see `load_mbakt_model`.
+        ModelFileNotFoundError, NotMBAKTModelError: see `saved_runs.load_mbakt_model`.
         ValueError: unknown branch; no dataset recorded nor given.
         ExportCheckError: see `export_model`.
     """
-    from mbakt_tf import data as data_lib
-
     config = config or ExportConfig()
     say = _quiet(progress)
     model_path = resolve_model_path(model_path)
@@ -1043,37 +639,21 @@ def export_from_file(
     model = load_mbakt_model(model_path)
     branch = resolve_branch(model, config.branch)
     output_dir = output_dir or default_output_dir(model_path, branch)
-    run = recorded_run(model_path)
-    recorded = run.get("train_config", {})
-    dataset = dataset or recorded.get("dataset")
-    if dataset is None:
-        raise ValueError(
-            f"No dataset: {model_path} has no results.json beside it; pass dataset= (--dataset)."
-        )
-    say(f"Loading {dataset} (training images for calibration, test images for parity)")
-    from mbakt_tf.segmentation_model import MBAKTSegmenter
-
-    segmentation = isinstance(model, MBAKTSegmenter)
-    load = data_lib.load_segmentation if segmentation else data_lib.load_classification
+    segmentation = saved_runs.is_segmenter(model)
     if segmentation and config.test_limit is None:
         config = dataclasses.replace(config, test_limit=SEGMENTATION_TEST_LIMIT)
-    splits = load(
-        dataset,
-        data_dir=data_dir or recorded.get("data_dir"),
-        batch_size=256,
-        validation_fraction=recorded.get("validation_fraction", 0.1),
-        image_size=image_size or recorded.get("image_size"),
-        augment=False,
-        seed=recorded.get("seed", 0),  # the run's validation carve: calibration never sees it
-        test_limit=config.test_limit,
-        synthetic_kwargs=recorded.get("synthetic_kwargs") if dataset == "synthetic" else None,
+    say("Loading the run's data (training images for calibration, test images for parity)")
+    splits = saved_runs.load_run_splits(
+        model, model_path, dataset=dataset, data_dir=data_dir, image_size=image_size,
+        batch_size=256, augment=False, test_limit=config.test_limit,
     )
-    representative, _ = _take_images(splits.train, config.representative_samples)
-    test_images, test_labels = _take_images(splits.test)
+    representative, _ = saved_runs.take_images(splits.train, config.representative_samples)
+    test_images, test_labels = saved_runs.take_images(splits.test)
+    run = saved_runs.recorded_run(model_path)
     source = {
         "model_path": os.path.abspath(model_path),
         "mode": model.config.mode,
-        "backbone": recorded.get("backbone"),
+        "backbone": run.get("train_config", {}).get("backbone"),
         "dataset": splits.info.name,
         "recorded_test_accuracy": run.get("test", {}).get(f"{branch}_accuracy"),
     }
@@ -1116,17 +696,14 @@ def format_report(manifest):
         rows.append((
             fmt,
             doc["path"] + ("/" if fmt == "saved_model" else ""),
-            _size(doc["bytes"]),
+            format_size(doc["bytes"]),
             f"{100 * figures['accuracy']:.2f}%"
             + (f" / {100 * figures['miou']:.2f}%" if segmentation else ""),
             f"{figures['max_abs_logit_diff']:.2g}",
             f"{100 * figures['top1_agreement']:.2f}%",
             "-" if lat is None else f"{lat['median_ms']:.3f} ms",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    table.insert(1, "  ".join("-" * w for w in widths))
-    lines += table
+    lines.append(text_table(rows))
     if manifest.get("int8_accuracy_drop") is not None:
         lines.append(f"int8 accuracy drop vs Keras float: {100 * manifest['int8_accuracy_drop']:.2f} points")
     if latency.get("int8_over_float32") is not None:
@@ -1134,17 +711,10 @@ def format_report(manifest):
             f"LiteRT latency int8 / float32 (median of {latency['int8']['runs']} runs, batch 1, "
             f"{latency['num_threads']} thread): {latency['int8_over_float32']:.2f}"
         )
-    failed = [c for c in manifest["checks"] if not c["passed"]]
-    lines.append(
-        f"Checks: {len(manifest['checks']) - len(failed)}/{len(manifest['checks'])} passed"
-        + "".join(f"\n  FAILED {c['name']}: {c['detail']}" for c in failed)
-    )
+    lines.append(Checks(manifest["checks"]).summary())
     return "\n".join(lines)
 
 
 def _count(value):
     return "n/a" if value is None else f"{value:,}"
 
-
-def _size(num_bytes):
-    return f"{num_bytes / 1024:.1f} KiB" if num_bytes < 1024**2 else f"{num_bytes / 1024**2:.2f} MiB"

@@ -59,6 +59,7 @@ class MBAKT(keras.Model):
 
     # Label of pixels/examples that count in no loss and no metric (segmentation sets it).
     ignore_label = None
+    LABEL_AXES = ("batch",)  # label shape: one class per image
 
     def __init__(self, network, discriminator=None, config=None, **kwargs):
         super().__init__(**kwargs)
@@ -249,23 +250,33 @@ class MBAKT(keras.Model):
     # ------------------------------------------------------------------- steps
 
     def _check_batch(self, images, labels):
+        """int32 labels of `LABEL_AXES` shape, with an in-graph check of their values; errors name the class."""
+        name = type(self).__name__
         if len(images.shape) != 4:
             raise ValueError(
-                f"MBAKT expects image batches of rank 4 (batch, height, width, channels), "
+                f"{name} expects image batches of rank 4 (batch, height, width, channels), "
                 f"got shape {images.shape}."
             )
         labels = ops.cast(labels, "int32")
-        if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        rank = len(self.LABEL_AXES)
+        if len(labels.shape) == rank + 1 and labels.shape[-1] == 1:
             labels = ops.squeeze(labels, -1)
-        if len(labels.shape) != 1:
-            raise ValueError(f"MBAKT expects integer class labels of shape (batch,), got {labels.shape}.")
-        checks = [
-            tf.debugging.assert_non_negative(labels, message="labels must be >= 0"),
-            tf.debugging.assert_less(
-                labels, self.num_classes, message=f"labels must be < num_classes={self.num_classes}"
-            ),
-        ]
-        with tf.control_dependencies(checks):
+        if len(labels.shape) != rank:
+            raise ValueError(
+                f"{name} expects integer labels of shape ({', '.join(self.LABEL_AXES)}), got {labels.shape}."
+            )
+        if rank == 3:
+            image_size, label_size = tuple(images.shape[1:3]), tuple(labels.shape[1:3])
+            if None not in image_size + label_size and image_size != label_size:
+                raise ValueError(f"Label maps {label_size} and images {image_size} differ in size.")
+        valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, self.num_classes))
+        allowed = f"in [0, {self.num_classes})"
+        if self.ignore_label is not None:
+            valid = ops.logical_or(valid, ops.equal(labels, self.ignore_label))
+            allowed += f" or equal to ignore_label={self.ignore_label}"
+        # The check runs before any op reads the labels (a gather would fail first, less clearly).
+        check = tf.debugging.Assert(ops.all(valid), [f"label values must be {allowed}"])
+        with tf.control_dependencies([check]):
             return tf.identity(labels)
 
     def _generator_terms(self, labels, outputs, logits, teacher):

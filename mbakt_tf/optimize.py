@@ -21,7 +21,7 @@ files in `<output_dir>/work/`:
    * `qat`, `qat_kd`: `tfmot.quantization.keras.quantize_apply` on an annotated
      copy (layers the default 8-bit registry lacks, e.g. `Rescaling`,
      `Multiply`, get an output-only quantize config), then a full-int8 TFLite
-     file (int8 input and output, builtin ops only) via `export.convert_tflite`;
+     file (int8 input and output, builtin ops only) via `tflite.convert_tflite`;
    * `prune`: `prune_low_magnitude` with a `PolynomialDecay` schedule from 0 to
      `target_sparsity` over the first `pruning_end_fraction` of the steps,
      `strip_pruning`, then float32 and post-training int8 TFLite files whose
@@ -66,8 +66,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mbakt_tf import export
-from mbakt_tf import tf_keras_bridge
+from mbakt_tf import saved_runs, serving, tf_keras_bridge, tflite
+from mbakt_tf.checks import Checks
+from mbakt_tf.reporting import format_size, text_table
 
 METHODS = ("qat", "qat_kd", "prune")
 TEACHERS = ("auto", "ensemble", "main", "none")
@@ -174,8 +175,8 @@ class OptimizeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}.")
-        if self.int8_io not in export.INT8_IO_TYPES:
-            raise ValueError(f"int8_io must be one of {export.INT8_IO_TYPES}, got {self.int8_io!r}.")
+        if self.int8_io not in tflite.INT8_IO_TYPES:
+            raise ValueError(f"int8_io must be one of {tflite.INT8_IO_TYPES}, got {self.int8_io!r}.")
 
     def to_dict(self):
         values = dataclasses.asdict(self)
@@ -606,14 +607,14 @@ def write_serving_saved_model(model, path):
 
     shape = tuple(model.input_shape[1:])
 
-    @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32, name=export.INPUT_NAME)])
+    @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32, name=serving.INPUT_NAME)])
     def serve(images):
         logits = model(images, training=False)
-        return {export.OUTPUT_NAMES[0]: logits, export.OUTPUT_NAMES[1]: tf.nn.softmax(logits, axis=-1)}
+        return {serving.OUTPUT_NAMES[0]: logits, serving.OUTPUT_NAMES[1]: tf.nn.softmax(logits, axis=-1)}
 
     if os.path.exists(path):
         shutil.rmtree(path)
-    tf.saved_model.save(model, path, signatures={export.SIGNATURE_KEY: serve})
+    tf.saved_model.save(model, path, signatures={serving.SIGNATURE_KEY: serve})
     return path
 
 
@@ -683,12 +684,12 @@ def worker_main(argv):
         say(f"{name}: converting to TFLite")
         if run["method"] == "qat":
             path = os.path.join(job["output_dir"], f"model_{name}_int8.tflite")
-            info["files"]["int8"] = _write(path, export.convert_tflite(
+            info["files"]["int8"] = _write(path, tflite.convert_tflite(
                 saved_model, "int8", representative, job["int8_io"]))
         else:
             for fmt in ("float32", "int8"):
                 path = os.path.join(job["output_dir"], f"model_{name}_{fmt}.tflite")
-                info["files"][fmt] = _write(path, export.convert_tflite(
+                info["files"][fmt] = _write(path, tflite.convert_tflite(
                     saved_model, fmt, representative, job["int8_io"]))
             weights_path = os.path.join(job["work_dir"], f"{name}.weights.h5")
             model.save_weights(weights_path)
@@ -767,9 +768,9 @@ def optimize_model(
     temperature = config.temperature or model.config.temperature
     main = model.main_model()
     input_shape = tuple(int(d) for d in main.input.shape[1:])
-    representative_images = export._check_images(
+    representative_images = serving.check_images(
         representative_images, input_shape, "representative_images")[: config.representative_samples]
-    test_images = export._check_images(test_images, input_shape, "test_images")
+    test_images = serving.check_images(test_images, input_shape, "test_images")
     test_labels = np.asarray(test_labels).astype(np.int64).reshape(-1)
     if config.test_limit is not None:
         test_images, test_labels = test_images[: config.test_limit], test_labels[: config.test_limit]
@@ -787,12 +788,12 @@ def optimize_model(
     say(f"Float main branch and post-training int8 on {len(test_images)} test images")
     reference = main.predict(test_images, batch_size=256, verbose=0).astype(np.float32)
     float_accuracy = float(np.mean(np.argmax(reference, -1) == test_labels))
-    baseline_saved_model = export.write_saved_model(main, os.path.join(work_dir, "float_saved_model"))
+    baseline_saved_model = serving.write_saved_model(main, os.path.join(work_dir, "float_saved_model"))
     files = {}
     files["float32"] = _write(os.path.join(output_dir, "model_float32.tflite"),
-                              export.convert_tflite(baseline_saved_model, "float32"))
+                              tflite.convert_tflite(baseline_saved_model, "float32"))
     files["ptq_int8"] = _write(os.path.join(output_dir, "model_ptq_int8.tflite"),
-                               export.convert_tflite(baseline_saved_model, "int8",
+                               tflite.convert_tflite(baseline_saved_model, "int8",
                                                      representative_images, config.int8_io))
 
     say(f"tfmot process ({python}): {', '.join(config.methods)}")
@@ -814,16 +815,16 @@ def optimize_model(
     rows = [{"model": "Keras float main branch (no fine-tune)", "kind": "baseline", "file": None,
              "bytes": None, "gzip_bytes": None, "accuracy": float_accuracy,
              "top1_agreement_with_float": 1.0}]
-    checks = export._Checks()
+    checks = Checks()
     parity = worker["bridge_parity"]
     checks.add("tf_keras_bridge_parity", parity["passed"],
                f"max |logit diff| {parity['max_abs_diff']:.3g} <= {parity['atol']:g}")
     for key, path in files.items():
-        lite = export.LiteRTModel(path)
+        lite = tflite.LiteRTModel(path)
         label, kind = labels_of[key]
         rows.append(_file_row(label, path, lite.predict(test_images), test_labels, reference, kind))
-        structure = export.tflite_structure(path)
-        non_builtin = [op for op in structure["ops"] if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")]
+        structure = tflite.tflite_structure(path)
+        non_builtin = tflite.non_builtin_ops(structure["ops"])
         checks.add(f"{key}_builtin_ops_only", not non_builtin, f"ops {sorted(structure['ops'])}")
         if key.endswith("int8"):
             dtypes = structure["tensor_dtypes"]
@@ -850,7 +851,7 @@ def optimize_model(
         "runs": worker["runs"],
         "versions": worker["versions"],
         "checks": checks.items,
-        "ok": all(c["passed"] for c in checks.items),
+        "ok": checks.ok,
         "seconds": time.time() - start,
     }
     with open(os.path.join(output_dir, REPORT_JSON), "w") as f:
@@ -862,8 +863,7 @@ def optimize_model(
     files["report"] = os.path.join(output_dir, REPORT_JSON)
     result = OptimizeResult(output_dir=output_dir, files=files, report=report)
     if config.strict and not result.ok:
-        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in checks.items if not c["passed"])
-        raise OptimizeCheckError(f"Optimization in {output_dir} failed checks: {failed}")
+        raise OptimizeCheckError(f"Optimization in {output_dir} failed checks: {checks.failure_message()}")
     return result
 
 
@@ -879,10 +879,7 @@ def _count_nodes(bridge_dir):
 
 def default_output_dir(model_path):
     """`saved_models/<run>_optimize` beside the run folder."""
-    run_dir = os.path.dirname(os.path.abspath(model_path))
-    path = os.path.join(os.path.dirname(run_dir), os.path.basename(run_dir) + "_optimize")
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+    return saved_runs.sibling_dir(model_path, "_optimize")
 
 
 def optimize_from_file(model_path, output_dir=None, config=None, dataset=None, data_dir=None,
@@ -894,50 +891,35 @@ def optimize_from_file(model_path, output_dir=None, config=None, dataset=None, d
     (the run's validation carve is held out), augmented unless
     `config.augment` is False.
     """
-    from mbakt_tf import data as data_lib
-
     config = config or OptimizeConfig()
     say = progress or (lambda message: None)
     tfmot_python(config.tfmot_python)  # fail before loading anything
-    model_path = export.resolve_model_path(model_path)
+    model_path = saved_runs.resolve_model_path(model_path)
     say(f"Loading {model_path}")
-    model = export.load_mbakt_model(model_path)
-    from mbakt_tf.model import MBAKT
-
-    if not isinstance(model, MBAKT):
-        raise export.NotMBAKTModelError(
+    model = saved_runs.load_mbakt_model(model_path)
+    if saved_runs.is_segmenter(model):
+        raise saved_runs.NotMBAKTModelError(
             f"{model_path} holds a {type(model).__name__}: QAT and pruning support MBAKT "
             "classification models for now.")
     output_dir = output_dir or default_output_dir(model_path)
-    run = export.recorded_run(model_path)
-    recorded = run.get("train_config", {})
-    dataset = dataset or recorded.get("dataset")
-    if dataset is None:
-        raise ValueError(f"No dataset: {model_path} has no results.json beside it; pass dataset= (--dataset).")
 
     def load(augment, batch_size):
-        return data_lib.load_classification(
-            dataset,
-            data_dir=data_dir or recorded.get("data_dir"),
-            batch_size=batch_size,
-            validation_fraction=recorded.get("validation_fraction", 0.1),
-            image_size=image_size or recorded.get("image_size"),
-            augment=augment,
-            seed=recorded.get("seed", 0),  # the run's validation carve stays held out
-            train_limit=config.train_limit,
-            test_limit=config.test_limit,
-            synthetic_kwargs=recorded.get("synthetic_kwargs") if dataset == "synthetic" else None,
+        return saved_runs.load_run_splits(
+            model, model_path, dataset=dataset, data_dir=data_dir, image_size=image_size,
+            batch_size=batch_size, augment=augment,
+            train_limit=config.train_limit, test_limit=config.test_limit,
         )
 
-    say(f"Loading {dataset}")
+    say("Loading the run's data")
     splits = load(config.augment, config.batch_size)
     plain = load(False, 256) if config.augment else splits
-    representative, _ = export._take_images(plain.train, config.representative_samples)
-    test_images, test_labels = export._take_images(splits.test)
+    representative, _ = saved_runs.take_images(plain.train, config.representative_samples)
+    test_images, test_labels = saved_runs.take_images(splits.test)
+    run = saved_runs.recorded_run(model_path)
     source = {
         "model_path": os.path.abspath(model_path),
         "mode": model.config.mode,
-        "backbone": recorded.get("backbone"),
+        "backbone": run.get("train_config", {}).get("backbone"),
         "dataset": splits.info.name,
         "num_train": splits.info.num_train,
         "recorded_test_accuracy": run.get("test", {}).get("main_accuracy"),
@@ -947,12 +929,6 @@ def optimize_from_file(model_path, output_dir=None, config=None, dataset=None, d
 
 
 # ------------------------------------------------------------------- reports
-
-
-def _size(num_bytes):
-    if num_bytes is None:
-        return "-"
-    return f"{num_bytes / 1024:.1f} KiB" if num_bytes < 1024**2 else f"{num_bytes / 1024**2:.2f} MiB"
 
 
 def format_markdown(report):
@@ -965,7 +941,7 @@ def format_markdown(report):
         lines.append(
             f"| {row['model']} | {('`' + row['file'] + '`') if row['file'] else '-'} | "
             f"{100 * row['accuracy']:.2f}% | {100 * row['top1_agreement_with_float']:.2f}% | "
-            f"{_size(row['bytes'])} | {_size(row['gzip_bytes'])} |"
+            f"{format_size(row['bytes'])} | {format_size(row['gzip_bytes'])} |"
         )
     return "\n".join(lines)
 
@@ -975,11 +951,8 @@ def format_report(report):
     rows = [("model", "file", "accuracy", "agree", "size", "gzip")]
     for row in report["rows"]:
         rows.append((row["model"], row["file"] or "-", f"{100 * row['accuracy']:.2f}%",
-                     f"{100 * row['top1_agreement_with_float']:.2f}%", _size(row["bytes"]),
-                     _size(row["gzip_bytes"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    table.insert(1, "  ".join("-" * w for w in widths))
+                     f"{100 * row['top1_agreement_with_float']:.2f}%", format_size(row["bytes"]),
+                     format_size(row["gzip_bytes"])))
     parity = report["bridge"]["parity"]
     lines = [
         f"Main branch: {report['main_branch_parameters']:,} parameters; tf_keras copy "
@@ -987,14 +960,12 @@ def format_report(report):
         f"Fine-tune: {report['config']['epochs']} epoch(s) of {report['train_images_per_epoch']:,} images, "
         f"teacher {report['teacher']} (T={report['temperature']:g}, alpha={report['config']['alpha']:g}); "
         f"accuracy on {report['test_images']:,} test images:",
-        *table,
+        text_table(rows),
     ]
     pruned = report["runs"].get("pruned")
     if pruned:
         s = pruned["sparsity"]
         lines.append(f"Pruned: {s['overall']:.2%} of {s['pruned_weights']:,} prunable weights are zero "
                      f"(target {report['config']['target_sparsity']:.0%}).")
-    failed = [c for c in report["checks"] if not c["passed"]]
-    lines.append(f"Checks: {len(report['checks']) - len(failed)}/{len(report['checks'])} passed"
-                 + "".join(f"\n  FAILED {c['name']}: {c['detail']}" for c in failed))
+    lines.append(Checks(report["checks"]).summary())
     return "\n".join(lines)

@@ -1,10 +1,11 @@
-"""Writers of a comparison's results: JSON, a Markdown table, and accuracy plots (PNG).
+"""Report writers: JSON, Markdown and plain-text tables, sizes, and accuracy plots (PNG).
 
 Example:
 ```python
 write_json(summary, "out/results.json")
 open("out/results.md", "w").write(markdown_table(summary))
 plot_validation_curves(runs, "out/validation_accuracy.png")
+print(text_table([("format", "size"), ("int8", format_size(181_248))]))
 ```
 """
 
@@ -20,6 +21,33 @@ def write_json(value, path):
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def text_table(rows):
+    """Rows of strings as aligned columns, a dashed rule under the first (header) row.
+
+    Example:
+    >>> print(text_table([("a", "bb"), ("ccc", "d")]))
+    a    bb
+    ---  --
+    ccc  d
+    """
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_size(num_bytes):
+    """`"177.0 KiB"` / `"1.57 MiB"`; `"-"` for None.
+
+    Example:
+    >>> format_size(181248), format_size(1646264), format_size(None)
+    ('177.0 KiB', '1.57 MiB', '-')
+    """
+    if num_bytes is None:
+        return "-"
+    return f"{num_bytes / 1024:.1f} KiB" if num_bytes < 1024**2 else f"{num_bytes / 1024**2:.2f} MiB"
 
 
 def _percent(stat):

@@ -30,7 +30,6 @@ main = model.main_model()   # plain encoder-decoder: image -> (B, H, W, classes)
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from mbakt_tf import branches as branches_lib
@@ -52,6 +51,8 @@ class MBAKTSegmenter(MBAKT):
         ignore_label: label value of pixels to ignore (e.g. 255 for
             "unknown"/border pixels), or None. Must not be a class index.
     """
+
+    LABEL_AXES = ("batch", "height", "width")  # label maps: one class per pixel
 
     def __init__(self, network, discriminator=None, config=None, ignore_label=None, **kwargs):
         num_classes = int(network.output[f"{branches_lib.MAIN}_logits"].shape[-1])
@@ -140,32 +141,6 @@ class MBAKTSegmenter(MBAKT):
         return results
 
     # ------------------------------------------------------------------- steps
-
-    def _check_batch(self, images, labels):
-        if len(images.shape) != 4:
-            raise ValueError(
-                f"MBAKTSegmenter expects image batches of rank 4 (batch, height, width, channels), "
-                f"got shape {images.shape}."
-            )
-        labels = ops.cast(labels, "int32")
-        if len(labels.shape) == 4 and labels.shape[-1] == 1:
-            labels = ops.squeeze(labels, -1)
-        if len(labels.shape) != 3:
-            raise ValueError(
-                f"MBAKTSegmenter expects integer label maps of shape (batch, height, width), "
-                f"got {labels.shape}."
-            )
-        image_size, label_size = tuple(images.shape[1:3]), tuple(labels.shape[1:3])
-        if None not in image_size + label_size and image_size != label_size:
-            raise ValueError(f"Label maps {label_size} and images {image_size} differ in size.")
-        valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, self.num_classes))
-        allowed = f"in [0, {self.num_classes})"
-        if self.ignore_label is not None:
-            valid = ops.logical_or(valid, ops.equal(labels, self.ignore_label))
-            allowed += f" or equal to ignore_label={self.ignore_label}"
-        check = tf.debugging.Assert(ops.all(valid), [f"label values must be {allowed}"])
-        with tf.control_dependencies([check]):
-            return tf.identity(labels)
 
     def _adversary_inputs(self, outputs, logits, teacher):
         """(real, [fake per branch]) maps: probability maps, or decoder feature maps."""

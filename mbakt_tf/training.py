@@ -15,12 +15,12 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional, Tuple
+from typing import Optional
 
 import keras
 import tensorflow as tf
 
-from mbakt_tf import atomic, custom_loop, distribute, guards, resume
+from mbakt_tf import atomic, custom_loop, distribute, guards, reporting, resume
 from mbakt_tf import data as data_lib
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.distribute import STRATEGIES
@@ -372,7 +372,4 @@ def format_branch_table(results, parameter_counts=None):
             "-" if loss is None else f"{loss:.4f}",
             "-" if params is None else f"{params:,}",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return reporting.text_table(rows)

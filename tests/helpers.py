@@ -1,4 +1,4 @@
-"""The one helper every model test calls: build tiny, train a step, check shapes, round-trip."""
+"""Tiny models and data for the tests, and the helper every model test calls (train a step, check, round-trip)."""
 
 import os
 
@@ -25,6 +25,19 @@ def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4,
         g_optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         d_optimizer=keras.optimizers.Adam(1e-3),
     )
+    return model
+
+
+def tiny_segmenter(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4, ignore_label=255,
+                   **config_kwargs):
+    config_kwargs.setdefault("adversarial_warmup_steps", 0)
+    config_kwargs.setdefault("discriminator_units", (8, 8))
+    model = mbakt_tf.MBAKT.from_backbone(
+        backbone, num_classes=num_classes, input_shape=input_shape, task="segmentation",
+        ignore_label=ignore_label, config=mbakt_tf.MBAKTConfig(**config_kwargs),
+    )
+    model.compile(g_optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  d_optimizer=keras.optimizers.Adam(1e-3))
     return model
 
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from mbakt_tf import export, training
+from mbakt_tf import export, saved_runs, serving, training
 from mbakt_tf.config import MBAKTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +159,7 @@ def test_saved_model_signature_and_parity(run, main_export, test_images):
 
 def test_probe_runs_without_mbakt_tf(main_export, test_images):
     result, _ = main_export
-    outputs, facts = export.probe_saved_model(
+    outputs, facts = serving.probe_saved_model(
         os.path.join(result.output_dir, "saved_model"), test_images[0][:8])
     assert facts["mbakt_tf_imported"] is False
     assert "mbakt_tf" in sys.modules  # ...while this process has it: the probe is a separate process
@@ -261,16 +261,16 @@ def test_uint8_io_takes_pixel_bytes(branch_export, test_images):
 
 def test_bad_arguments_give_clear_errors(run, tmp_path):
     model_path = os.path.join(run.run_dir, "model.keras")
-    with pytest.raises(export.ModelFileNotFoundError, match="No saved model at"):
-        export.load_mbakt_model(tmp_path / "missing.keras")
-    with pytest.raises(export.ModelFileNotFoundError, match="model.keras"):
-        export.load_mbakt_model(tmp_path)  # a folder without model.keras
-    with pytest.raises(export.NotMBAKTModelError, match="main_branch.keras is the main branch alone"):
-        export.load_mbakt_model(os.path.join(run.run_dir, "main_branch.keras"))
+    with pytest.raises(saved_runs.ModelFileNotFoundError, match="No saved model at"):
+        saved_runs.load_mbakt_model(tmp_path / "missing.keras")
+    with pytest.raises(saved_runs.ModelFileNotFoundError, match="model.keras"):
+        saved_runs.load_mbakt_model(tmp_path)  # a folder without model.keras
+    with pytest.raises(saved_runs.NotMBAKTModelError, match="main_branch.keras is the main branch alone"):
+        saved_runs.load_mbakt_model(os.path.join(run.run_dir, "main_branch.keras"))
     junk = tmp_path / "junk.keras"
     junk.write_text("not a model")
-    with pytest.raises(export.NotMBAKTModelError, match="not a Keras .keras archive"):
-        export.load_mbakt_model(junk)
+    with pytest.raises(saved_runs.NotMBAKTModelError, match="not a Keras .keras archive"):
+        saved_runs.load_mbakt_model(junk)
     for branch in ("7", "branch_3", 0):
         with pytest.raises(ValueError, match=r"Unknown branch .*early exits are branch_1, branch_2"):
             export.resolve_branch(run.model, branch)

@@ -165,7 +165,7 @@ class BadInputTest(parameterized.TestCase):
         model = tiny_model(num_classes=4)
         images, labels = tiny_batch(num_classes=4)
         labels[0] = 4
-        with self.assertRaisesRegex(Exception, "labels must be < num_classes=4"):
+        with self.assertRaisesRegex(Exception, "label values must be in \\[0, 4\\)"):
             model.fit(images, labels, batch_size=8, verbose=0)
 
     def test_unknown_branch_stage(self):

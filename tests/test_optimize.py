@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mbakt_tf
-from mbakt_tf import export, optimize, tf_keras_bridge
+from mbakt_tf import optimize, saved_runs, tf_keras_bridge, tflite
 from mbakt_tf import data as data_lib
 
 
@@ -194,8 +194,8 @@ def tiny_run(tmp_path_factory):
         num_classes=4, config=mbakt_tf.MBAKTConfig(mode="byot"))
     model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     model.fit(splits.train, epochs=1, verbose=0)
-    representative, _ = export._take_images(splits.train, 16)
-    test_images, test_labels = export._take_images(splits.test)
+    representative, _ = saved_runs.take_images(splits.train, 16)
+    test_images, test_labels = saved_runs.take_images(splits.test)
     config = optimize.OptimizeConfig(
         methods=("qat_kd", "prune"), epochs=1, batch_size=16, target_sparsity=0.6, strict=False,
         representative_samples=16, tfmot_python=python)
@@ -212,12 +212,12 @@ def test_qat_step_writes_a_fully_int8_tflite(tiny_run):
         assert run["steps"] == 4 and np.isfinite(run["history"]["loss"]).all()
         assert run["kd"]
         path = tiny_run.files[f"{name}_int8"]
-        structure = export.tflite_structure(path)
+        structure = tflite.tflite_structure(path)
         assert structure["input"]["dtype"] == "int8"
         assert {o["dtype"] for o in structure["outputs"]} == {"int8"}
         assert structure["tensor_dtypes"].get("float32", 0) == 0, structure["tensor_dtypes"]
         assert structure["ops"]["CONV_2D"] == 6 and structure["ops"]["FULLY_CONNECTED"] == 1
-        outputs = export.LiteRTModel(path).predict(np.full((2, 16, 16, 1), 128.0, np.float32))
+        outputs = tflite.LiteRTModel(path).predict(np.full((2, 16, 16, 1), 128.0, np.float32))
         assert outputs["logits"].shape == (2, 4)
 
 

@@ -62,4 +62,4 @@ def test_train_rejects_bad_flags_before_any_work(tmp_path, args, message):
 def test_evaluate_rejects_a_missing_model(tmp_path):
     result = run_script("evaluate.py", f"--model={tmp_path}/nothing.keras")
     assert result.returncode != 0
-    assert "no saved model at" in result.stderr
+    assert "--model: No saved model at" in result.stderr

@@ -18,22 +18,10 @@ from absl.testing import parameterized
 import mbakt_tf
 from mbakt_tf import data, export, losses, segmentation
 from mbakt_tf.data import segmentation as seg_data
+from tests.helpers import tiny_segmenter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE, NUM_CLASSES, IGNORE = (16, 16, 1), 4, 255
-
-
-def tiny_segmenter(backbone="small_resnet8", input_shape=SHAPE, num_classes=NUM_CLASSES,
-                   ignore_label=IGNORE, **config_kwargs):
-    config_kwargs.setdefault("adversarial_warmup_steps", 0)
-    config_kwargs.setdefault("discriminator_units", (8, 8))
-    model = mbakt_tf.MBAKT.from_backbone(
-        backbone, num_classes=num_classes, input_shape=input_shape, task="segmentation",
-        ignore_label=ignore_label, config=mbakt_tf.MBAKTConfig(**config_kwargs),
-    )
-    model.compile(g_optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  d_optimizer=keras.optimizers.Adam(1e-3))
-    return model
 
 
 def tiny_maps(input_shape=SHAPE, num_classes=NUM_CLASSES, batch=8, seed=0):
@@ -166,7 +154,7 @@ class SegmenterTest(parameterized.TestCase):
         labels[1, 0, 0] = NUM_CLASSES
         with self.assertRaisesRegex(Exception, "label values must be in \\[0, 4\\) or equal to ignore_label=255"):
             model.train_on_batch(self.images, labels)
-        with self.assertRaisesRegex(ValueError, "label maps of shape"):
+        with self.assertRaisesRegex(ValueError, "integer labels of shape \\(batch, height, width\\)"):
             tiny_segmenter(mode="plain").train_on_batch(self.images, self.labels[:, 0])
         with self.assertRaisesRegex(ValueError, "ignore_label=3 is a class index"):
             tiny_segmenter(ignore_label=3)

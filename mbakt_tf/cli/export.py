@@ -17,7 +17,13 @@ import sys
 
 from absl import app, flags
 
-from mbakt_tf.cli import run_app, timed_progress
+from mbakt_tf.cli import (
+    config_from_flags,
+    exit_status_of_checked_run,
+    model_path_flag,
+    run_app,
+    timed_progress,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
@@ -72,16 +78,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from mbakt_tf import export
 
-    try:
-        config = export_config_from_flags()
-        model_path = export.resolve_model_path(FLAGS.model)
-    except export.ModelFileNotFoundError as error:
-        raise app.UsageError(f"--model: {error}") from error
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-
+    config = config_from_flags(export_config_from_flags)
+    model_path = model_path_flag(FLAGS.model)
     progress = timed_progress()
-
     try:
         result = export.export_from_file(
             model_path,
@@ -97,14 +96,7 @@ def main(argv):
         return 2
     print()
     print(export.format_report(result.manifest))
-    print()
-    print(f"Wrote {result.output_dir}/ in {progress.elapsed():.0f} s:")
-    for name, path in result.files.items():
-        print(f"  {name:<14} {path}")
-    if FLAGS.strict and not result.ok:
-        print("error: some checks failed (see above and manifest.json)", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status_of_checked_run(result, progress.elapsed(), FLAGS.strict, "manifest.json")
 
 
 def run():

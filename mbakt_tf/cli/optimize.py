@@ -21,7 +21,13 @@ import sys
 
 from absl import app, flags
 
-from mbakt_tf.cli import run_app, timed_progress
+from mbakt_tf.cli import (
+    config_from_flags,
+    exit_status_of_checked_run,
+    model_path_flag,
+    run_app,
+    timed_progress,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
@@ -87,18 +93,11 @@ def optimize_config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from mbakt_tf import export, optimize, tf_keras_bridge
+    from mbakt_tf import optimize, saved_runs, tf_keras_bridge
 
-    try:
-        config = optimize_config_from_flags()
-        model_path = export.resolve_model_path(FLAGS.model)
-    except export.ModelFileNotFoundError as error:
-        raise app.UsageError(f"--model: {error}") from error
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-
+    config = config_from_flags(optimize_config_from_flags)
+    model_path = model_path_flag(FLAGS.model)
     progress = timed_progress()
-
     try:
         result = optimize.optimize_from_file(
             model_path,
@@ -110,19 +109,12 @@ def main(argv):
             progress=progress,
         )
     except (optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
-            export.NotMBAKTModelError, ValueError, FileNotFoundError) as error:
+            saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print()
     print(optimize.format_report(result.report))
-    print()
-    print(f"Wrote {result.output_dir}/ in {progress.elapsed():.0f} s:")
-    for name, path in result.files.items():
-        print(f"  {name:<16} {path}")
-    if FLAGS.strict and not result.ok:
-        print("error: some checks failed (see above and report.json)", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status_of_checked_run(result, progress.elapsed(), FLAGS.strict, "report.json")
 
 
 def run():

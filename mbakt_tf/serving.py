@@ -1,0 +1,137 @@
+"""The serving contract of every exported model, and its SavedModel.
+
+One signature, `serving_default`: input `images`, float32 `(batch, H, W, C)`
+raw pixel values in [0, 255] (rescaling is the graph's first layer); outputs
+`logits` and `probabilities` (softmax over the last axis), `(batch, classes)`
+for a classifier and `(batch, H, W, classes)` for a segmenter. `tflite.py`
+converts from this SavedModel, so the TFLite files share the contract.
+
+Example:
+```python
+from mbakt_tf import serving
+serving.write_saved_model(model.main_model(), "/tmp/main_saved_model")
+outputs, facts = serving.probe_saved_model("/tmp/main_saved_model", x_test[:100])
+outputs["probabilities"].shape, facts["parameter_count"], facts["mbakt_tf_imported"]   # ..., False
+```
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+def check_images(images, input_shape, name):
+    """`images` as float32 `(N, *input_shape)`; `ValueError` naming `name` otherwise or when empty."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or tuple(images.shape[1:]) != input_shape:
+        expected = ", ".join(map(str, input_shape))
+        raise ValueError(f"{name} must have shape (N, {expected}), got {images.shape}.")
+    if len(images) == 0:
+        raise ValueError(f"{name} is empty.")
+    return images
+
+
+def write_saved_model(keras_model, path):
+    """Writes `keras_model` as a SavedModel with one `serving_default` signature.
+
+    `keras.export.ExportArchive` tracks only `keras_model`'s variables; the
+    endpoint takes `images` float32 (None, H, W, C) raw pixels in [0, 255] and
+    returns `{"logits", "probabilities"}`.
+    """
+    import keras
+    import tensorflow as tf
+
+    height, width, channels = (int(d) for d in keras_model.input.shape[1:])
+    archive = keras.export.ExportArchive()
+    archive.track(keras_model)
+
+    def serve(images):
+        logits = keras_model(images, training=False)
+        return {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: tf.nn.softmax(logits, axis=-1)}
+
+    archive.add_endpoint(
+        SIGNATURE_KEY,
+        serve,
+        input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME)],
+    )
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    archive.write_out(path, verbose=False)
+    return path
+
+
+# Runs in a fresh interpreter: only numpy and TensorFlow, never mbakt_tf (checked).
+_SAVED_MODEL_PROBE = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+saved_model_dir, images_path, outputs_path, signature_key = sys.argv[1:5]
+loaded = tf.saved_model.load(saved_model_dir)
+serve = loaded.signatures[signature_key]
+(input_name, input_spec), = serve.structured_input_signature[1].items()
+images = np.load(images_path)
+outputs = {}
+for start in range(0, len(images), 256):
+    batch = serve(**{input_name: tf.constant(images[start:start + 256])})
+    for key, value in batch.items():
+        outputs.setdefault(key, []).append(value.numpy())
+np.savez(outputs_path, **{key: np.concatenate(value) for key, value in outputs.items()})
+variables = [(v.name, [int(d) for d in v.shape]) for v in loaded.variables]
+facts = {
+    "input": {"name": input_name, "dtype": input_spec.dtype.name,
+              "shape": [None if d is None else int(d) for d in input_spec.shape]},
+    "outputs": {k: {"dtype": s.dtype.name, "shape": [None if d is None else int(d) for d in s.shape]}
+                for k, s in serve.structured_outputs.items()},
+    "variable_count": len(variables),
+    "parameter_count": int(sum(int(np.prod(shape)) for _, shape in variables)),
+    "variable_names": [name for name, _ in variables],
+    "mbakt_tf_imported": any(m == "mbakt_tf" or m.startswith("mbakt_tf.") for m in sys.modules),
+    "keras_imported": "keras" in sys.modules,
+    "python": sys.executable,
+}
+assert not facts["mbakt_tf_imported"], "the SavedModel probe imported mbakt_tf"
+print("SAVED_MODEL_FACTS " + json.dumps(facts))
+"""
+
+
+def probe_saved_model(saved_model_dir, images, timeout=600):
+    """Runs the SavedModel on `images` in a fresh Python process that never imports mbakt_tf.
+
+    Returns `(outputs, facts)`: outputs `{"logits", "probabilities"}` arrays;
+    facts the signature, variable count, parameter count, variable names and
+    whether mbakt_tf or keras were imported there (mbakt_tf never is: the
+    process asserts it).
+    """
+    with tempfile.TemporaryDirectory(prefix="mbakt_probe_") as tmp:
+        images_path = os.path.join(tmp, "images.npy")
+        outputs_path = os.path.join(tmp, "outputs.npz")
+        np.save(images_path, np.asarray(images, np.float32))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("PYTHONSTARTUP", None)
+        # cwd is a temporary folder and the script is passed inline: nothing imports mbakt_tf.
+        process = subprocess.run(
+            [sys.executable, "-c", _SAVED_MODEL_PROBE, os.path.abspath(saved_model_dir),
+             images_path, outputs_path, SIGNATURE_KEY],
+            capture_output=True, text=True, cwd=tmp, env=env, timeout=timeout,
+        )
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"Reloading the SavedModel in a fresh process failed:\n{process.stderr[-3000:]}"
+            )
+        line = [x for x in process.stdout.splitlines() if x.startswith("SAVED_MODEL_FACTS ")][-1]
+        facts = json.loads(line[len("SAVED_MODEL_FACTS "):])
+        with np.load(outputs_path) as saved:
+            outputs = {key: saved[key] for key in saved.files}
+    return outputs, facts
+
+
