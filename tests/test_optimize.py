@@ -16,6 +16,7 @@ import pytest
 import mbakt_tf
 from mbakt_tf import optimize, saved_runs, tf_keras_bridge, tflite
 from mbakt_tf import data as data_lib
+from tests.helpers import tiny_segmenter
 
 
 def _tfmot_python():
@@ -158,6 +159,16 @@ def test_missing_tfmot_python_is_a_clear_error(monkeypatch):
         pytest.skip("this Python has tfmot")
     with pytest.raises(optimize.TfmotUnavailableError, match="cannot import tensorflow_model_optimization"):
         optimize.tfmot_python()
+
+
+def test_segmentation_model_is_refused_before_any_work(tmp_path):
+    python = _tfmot_python()
+    model_path = str(tmp_path / "run" / "model.keras")
+    os.makedirs(os.path.dirname(model_path))
+    tiny_segmenter(mode="plain").save(model_path)
+    with pytest.raises(saved_runs.NotMBAKTModelError, match="MBAKTSegmenter: QAT and pruning support"):
+        optimize.optimize_from_file(model_path, config=optimize.OptimizeConfig(tfmot_python=python))
+    assert not os.path.exists(tmp_path / "run_optimize")
 
 
 def test_kd_loss_is_ce_plus_the_mbakt_distillation_term():
