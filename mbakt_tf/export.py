@@ -639,8 +639,7 @@ def export_from_file(
     model = load_mbakt_model(model_path)
     branch = resolve_branch(model, config.branch)
     output_dir = output_dir or default_output_dir(model_path, branch)
-    segmentation = saved_runs.is_segmenter(model)
-    if segmentation and config.test_limit is None:
+    if saved_runs.is_segmenter(model) and config.test_limit is None:
         config = dataclasses.replace(config, test_limit=SEGMENTATION_TEST_LIMIT)
     say("Loading the run's data (training images for calibration, test images for parity)")
     splits = saved_runs.load_run_splits(
@@ -649,16 +648,6 @@ def export_from_file(
     )
     representative, _ = saved_runs.take_images(splits.train, config.representative_samples)
     test_images, test_labels = saved_runs.take_images(splits.test)
-    run = saved_runs.recorded_run(model_path)
-    source = {
-        "model_path": os.path.abspath(model_path),
-        "mode": model.config.mode,
-        "backbone": run.get("train_config", {}).get("backbone"),
-        "dataset": splits.info.name,
-        "recorded_test_accuracy": run.get("test", {}).get(f"{branch}_accuracy"),
-    }
-    if segmentation:
-        source["recorded_test_miou"] = run.get("test", {}).get(f"{branch}_miou")
     return export_model(
         model,
         output_dir,
@@ -667,7 +656,7 @@ def export_from_file(
         test_labels=test_labels,
         class_names=splits.info.class_names,
         config=config,
-        source=source,
+        source=saved_runs.provenance(model, model_path, splits, head=branch),
         progress=progress,
     )
 

@@ -915,17 +915,9 @@ def optimize_from_file(model_path, output_dir=None, config=None, dataset=None, d
     plain = load(False, 256) if config.augment else splits
     representative, _ = saved_runs.take_images(plain.train, config.representative_samples)
     test_images, test_labels = saved_runs.take_images(splits.test)
-    run = saved_runs.recorded_run(model_path)
-    source = {
-        "model_path": os.path.abspath(model_path),
-        "mode": model.config.mode,
-        "backbone": run.get("train_config", {}).get("backbone"),
-        "dataset": splits.info.name,
-        "num_train": splits.info.num_train,
-        "recorded_test_accuracy": run.get("test", {}).get("main_accuracy"),
-    }
     return optimize_model(model, output_dir, splits.train, representative, test_images, test_labels,
-                          config=config, source=source, progress=progress)
+                          config=config, source=saved_runs.provenance(model, model_path, splits),
+                          progress=progress)
 
 
 # ------------------------------------------------------------------- reports

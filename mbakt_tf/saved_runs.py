@@ -146,6 +146,23 @@ def load_run_splits(model, model_path, dataset=None, data_dir=None, image_size=N
     return load(dataset, **settings)
 
 
+def provenance(model, model_path, splits, head="main"):
+    """What a derived file came from: model path, mode, backbone, data, and the run's test figures of `head`."""
+    run = recorded_run(model_path)
+    test = run.get("test", {})
+    source = {
+        "model_path": os.path.abspath(model_path),
+        "mode": model.config.mode,
+        "backbone": run.get("train_config", {}).get("backbone"),
+        "dataset": splits.info.name,
+        "num_train": splits.info.num_train,
+        "recorded_test_accuracy": test.get(f"{head}_accuracy"),
+    }
+    if is_segmenter(model):
+        source["recorded_test_miou"] = test.get(f"{head}_miou")
+    return source
+
+
 def take_images(dataset, limit=None):
     """`(images, labels)` numpy arrays from the first batches of `dataset`, at most `limit`."""
     images, labels, count = [], [], 0

@@ -15,29 +15,37 @@ from tests.helpers import tiny_model, tiny_segmenter
 SYNTHETIC = dict(num_classes=4, image_shape=(16, 16, 1), num_train=40, num_test=24)
 
 
-def _write_run(run_dir, train_config):
+def _write_run(run_dir, train_config, test=None):
     os.makedirs(run_dir, exist_ok=True)
     model_path = os.path.join(run_dir, "model.keras")
     with open(model_path, "w") as f:
         f.write("stand-in: load_run_splits reads only results.json beside it")
     with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump({"train_config": train_config}, f)
+        json.dump({"train_config": train_config, "test": test or {}}, f)
     return model_path
 
 
 def test_run_splits_follow_the_recorded_settings_and_the_models_task(tmp_path):
-    recorded = {"dataset": "synthetic", "synthetic_kwargs": SYNTHETIC, "validation_fraction": 0.25, "seed": 3}
-    model_path = _write_run(tmp_path / "run", recorded)
+    recorded = {"dataset": "synthetic", "synthetic_kwargs": SYNTHETIC, "validation_fraction": 0.25, "seed": 3,
+                "backbone": "small_resnet8"}
+    test = {"main_accuracy": 0.5, "branch_1_accuracy": 0.25, "main_miou": 0.125}
+    model_path = _write_run(tmp_path / "run", recorded, test)
 
-    splits = saved_runs.load_run_splits(tiny_model(), model_path, batch_size=8, augment=False)
+    classifier = tiny_model()
+    splits = saved_runs.load_run_splits(classifier, model_path, batch_size=8, augment=False)
     assert splits.info.num_train == 30 and splits.info.num_validation == 10  # 40 images, 25% held out
     images, labels = next(iter(splits.test))
     assert images.shape == (8, 16, 16, 1) and labels.shape == (8,)
+    source = saved_runs.provenance(classifier, model_path, splits, head="branch_1")
+    assert (source["backbone"], source["num_train"], source["recorded_test_accuracy"]) == ("small_resnet8", 30, 0.25)
+    assert "recorded_test_miou" not in source
 
-    maps = saved_runs.load_run_splits(tiny_segmenter(), model_path, batch_size=8, augment=False)
+    segmenter = tiny_segmenter()
+    maps = saved_runs.load_run_splits(segmenter, model_path, batch_size=8, augment=False)
     images, labels = next(iter(maps.test))
     assert labels.shape == (8, 16, 16)  # a segmenter gets label maps from the same recorded dataset
     assert maps.info.class_names[0] == "background"
+    assert saved_runs.provenance(segmenter, model_path, maps)["recorded_test_miou"] == 0.125
 
 
 def test_run_splits_need_a_dataset(tmp_path):

@@ -1,9 +1,15 @@
-"""absl entry points: each module defines its flags and a `main`; `run()` is the console script."""
+"""absl entry points: each module defines its flags and a `main`; `run()` is the console script.
+
+The helpers here stay light (absl only) so that a usage error comes before TensorFlow loads.
+"""
 
 import sys
 import time
 
 from absl import app, logging
+from absl import flags as absl_flags  # `flags` is this package's module of flag groups
+
+FLAGS = absl_flags.FLAGS
 
 
 def run_app(main):
@@ -29,6 +35,39 @@ def timed_progress():
     return progress
 
 
+def define_saved_run_flags():
+    """`--model` (required) and the overrides of the run's recorded data: `--dataset`, `--data_dir`, `--image_size`."""
+    absl_flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
+    absl_flags.DEFINE_string("dataset", None, "Dataset name (default: the one in the run's results.json).")
+    absl_flags.DEFINE_string("data_dir", None, "Dataset folder (see train.py --data_dir).")
+    absl_flags.DEFINE_integer("image_size", None, "Resize images (default: as in the run's results.json).")
+    absl_flags.mark_flag_as_required("model")
+
+
+def run_on_saved_model(from_file, config, errors):
+    """`from_file(--model, output_dir=--output_dir, config=config, dataset=..., progress=...)`.
+
+    Returns `(result, seconds)`, or None after printing `error: ...` for an
+    exception in `errors` (a model or environment the tool cannot handle).
+    """
+    model_path = model_path_flag(FLAGS.model)
+    progress = timed_progress()
+    try:
+        result = from_file(
+            model_path,
+            output_dir=FLAGS.output_dir,
+            config=config,
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            image_size=FLAGS.image_size,
+            progress=progress,
+        )
+    except errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    return result, progress.elapsed()
+
+
 def model_path_flag(path):
     """`--model` (a .keras file or its run folder) as a .keras path; a usage error when nothing is there."""
     from mbakt_tf import saved_runs
@@ -49,7 +88,6 @@ def config_from_flags(make_config):
 
 def exit_status_of_checked_run(result, seconds, strict, checks_file):
     """Lists the files of an export or optimize `result`; 1 when `strict` and a check failed, else 0."""
-    print()
     print(f"Wrote {result.output_dir}/ in {seconds:.0f} s:")
     width = max(len(name) for name in result.files) + 2
     for name, path in result.files.items():

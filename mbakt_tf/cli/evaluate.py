@@ -9,16 +9,12 @@ import sys
 
 from absl import app, flags
 
-from mbakt_tf.cli import model_path_flag, run_app
+from mbakt_tf.cli import define_saved_run_flags, model_path_flag, run_app
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Path to a saved MBAKT model (.keras) or its run folder.")
-flags.DEFINE_string("dataset", None, "Dataset name (default: the one in the run's results.json).")
-flags.DEFINE_string("data_dir", None, "Dataset folder (see train.py --data_dir).")
-flags.DEFINE_integer("image_size", None, "Resize images (default: as in the run's results.json).")
+define_saved_run_flags()
 flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
 flags.DEFINE_integer("test_limit", None, "Evaluate only this many test examples.")
-flags.mark_flag_as_required("model")
 
 
 def main(argv):

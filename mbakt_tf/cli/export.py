@@ -19,14 +19,14 @@ from absl import app, flags
 
 from mbakt_tf.cli import (
     config_from_flags,
+    define_saved_run_flags,
     exit_status_of_checked_run,
-    model_path_flag,
     run_app,
-    timed_progress,
+    run_on_saved_model,
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
+define_saved_run_flags()
 flags.DEFINE_string(
     "output_dir", None,
     "Where to write (default: <run folder>_export, or <run folder>_export_branch_k with --branch).",
@@ -50,10 +50,6 @@ flags.DEFINE_integer("benchmark_runs", 200, "Timed LiteRT invocations per file (
 flags.DEFINE_integer("benchmark_warmup", 20, "Untimed LiteRT invocations before timing.")
 flags.DEFINE_integer("num_threads", 1, "LiteRT threads for parity runs and the benchmark.")
 flags.DEFINE_bool("strict", True, "Exit with status 1 when a parity or verification check fails.")
-flags.DEFINE_string("dataset", None, "Dataset name (default: the one in the run's results.json).")
-flags.DEFINE_string("data_dir", None, "Dataset folder (see train.py --data_dir).")
-flags.DEFINE_integer("image_size", None, "Resize images (default: as in the run's results.json).")
-flags.mark_flag_as_required("model")
 
 
 def export_config_from_flags():
@@ -79,24 +75,15 @@ def main(argv):
     from mbakt_tf import export
 
     config = config_from_flags(export_config_from_flags)
-    model_path = model_path_flag(FLAGS.model)
-    progress = timed_progress()
-    try:
-        result = export.export_from_file(
-            model_path,
-            output_dir=FLAGS.output_dir,
-            config=config,
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            image_size=FLAGS.image_size,
-            progress=progress,
-        )
-    except (export.NotMBAKTModelError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    outcome = run_on_saved_model(
+        export.export_from_file, config, (export.NotMBAKTModelError, ValueError, FileNotFoundError))
+    if outcome is None:
         return 2
+    result, seconds = outcome
     print()
     print(export.format_report(result.manifest))
-    return exit_status_of_checked_run(result, progress.elapsed(), FLAGS.strict, "manifest.json")
+    print()
+    return exit_status_of_checked_run(result, seconds, FLAGS.strict, "manifest.json")
 
 
 def run():

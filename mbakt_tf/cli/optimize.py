@@ -23,14 +23,14 @@ from absl import app, flags
 
 from mbakt_tf.cli import (
     config_from_flags,
+    define_saved_run_flags,
     exit_status_of_checked_run,
-    model_path_flag,
     run_app,
-    timed_progress,
+    run_on_saved_model,
 )
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A saved MBAKT model (.keras) or its run folder.")
+define_saved_run_flags()
 flags.DEFINE_string("output_dir", None, "Where to write (default: <run folder>_optimize).")
 flags.DEFINE_list("methods", ["qat", "qat_kd", "prune"],
                   "qat: QAT with the labels; qat_kd: QAT with the labels and the teacher's soft "
@@ -58,10 +58,6 @@ flags.DEFINE_string("tfmot_python", None,
                     "Python with tensorflow-model-optimization and tf_keras (default: "
                     "$MBAKT_TFMOT_PYTHON, then .venv-optimize/bin/python, then this Python).")
 flags.DEFINE_bool("strict", True, "Exit with status 1 when a check fails.")
-flags.DEFINE_string("dataset", None, "Dataset name (default: the one in the run's results.json).")
-flags.DEFINE_string("data_dir", None, "Dataset folder (see train.py --data_dir).")
-flags.DEFINE_integer("image_size", None, "Resize images (default: as in the run's results.json).")
-flags.mark_flag_as_required("model")
 
 
 def optimize_config_from_flags():
@@ -96,25 +92,17 @@ def main(argv):
     from mbakt_tf import optimize, saved_runs, tf_keras_bridge
 
     config = config_from_flags(optimize_config_from_flags)
-    model_path = model_path_flag(FLAGS.model)
-    progress = timed_progress()
-    try:
-        result = optimize.optimize_from_file(
-            model_path,
-            output_dir=FLAGS.output_dir,
-            config=config,
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            image_size=FLAGS.image_size,
-            progress=progress,
-        )
-    except (optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
-            saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    outcome = run_on_saved_model(
+        optimize.optimize_from_file, config,
+        (optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
+         saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError))
+    if outcome is None:
         return 2
+    result, seconds = outcome
     print()
     print(optimize.format_report(result.report))
-    return exit_status_of_checked_run(result, progress.elapsed(), FLAGS.strict, "report.json")
+    print()
+    return exit_status_of_checked_run(result, seconds, FLAGS.strict, "report.json")
 
 
 def run():
