@@ -7,6 +7,7 @@ Without that virtualenv the tfmot tests are skipped (they fail under CI=true).
 """
 
 import os
+import subprocess
 import sys
 
 import keras
@@ -17,6 +18,8 @@ import mbakt_tf
 from mbakt_tf import optimize, saved_runs, tf_keras_bridge, tflite
 from mbakt_tf import data as data_lib
 from tests.helpers import tiny_segmenter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tfmot_python():
@@ -169,6 +172,10 @@ def test_segmentation_model_is_refused_before_any_work(tmp_path):
     with pytest.raises(saved_runs.NotMBAKTModelError, match="MBAKTSegmenter: QAT and pruning support"):
         optimize.optimize_from_file(model_path, config=optimize.OptimizeConfig(tfmot_python=python))
     assert not os.path.exists(tmp_path / "run_optimize")
+    script = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "optimize.py"), f"--model={os.path.dirname(model_path)}",
+         f"--tfmot_python={python}"], capture_output=True, text=True, timeout=300)
+    assert script.returncode == 2 and "error: " in script.stderr and "QAT and pruning support" in script.stderr
 
 
 def test_kd_loss_is_ce_plus_the_mbakt_distillation_term():

@@ -44,12 +44,19 @@ def define_saved_run_flags():
     absl_flags.mark_flag_as_required("model")
 
 
-def run_on_saved_model(from_file, config, errors):
-    """`from_file(--model, output_dir=--output_dir, config=config, dataset=..., progress=...)`.
+def run_checked_tool(argv, make_config, from_file, errors, report_text, checks_file):
+    """The `main` of the export and optimize scripts, which share their flags' meaning and exit codes.
 
-    Returns `(result, seconds)`, or None after printing `error: ...` for an
-    exception in `errors` (a model or environment the tool cannot handle).
+    `make_config()` turns the flags into a config (a `ValueError` is a usage
+    error); `from_file(--model, output_dir=, config=, dataset=, data_dir=,
+    image_size=, progress=)` does the work; `report_text(result)` is printed,
+    then the files written. Returns the exit status: 2 after `error: ...` for
+    an exception in `errors` (a model or environment the tool cannot handle),
+    1 when `--strict` and a check failed (the files are written), else 0.
     """
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_from_flags(make_config)
     model_path = model_path_flag(FLAGS.model)
     progress = timed_progress()
     try:
@@ -64,8 +71,18 @@ def run_on_saved_model(from_file, config, errors):
         )
     except errors as error:
         print(f"error: {error}", file=sys.stderr)
-        return None
-    return result, progress.elapsed()
+        return 2
+    print()
+    print(report_text(result))
+    print()
+    print(f"Wrote {result.output_dir}/ in {progress.elapsed():.0f} s:")
+    width = max(len(name) for name in result.files) + 2
+    for name, path in result.files.items():
+        print(f"  {name:<{width}} {path}")
+    if FLAGS.strict and not result.ok:
+        print(f"error: some checks failed (see above and {checks_file})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def model_path_flag(path):
@@ -84,15 +101,3 @@ def config_from_flags(make_config):
         return make_config()
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-
-
-def exit_status_of_checked_run(result, seconds, strict, checks_file):
-    """Lists the files of an export or optimize `result`; 1 when `strict` and a check failed, else 0."""
-    print(f"Wrote {result.output_dir}/ in {seconds:.0f} s:")
-    width = max(len(name) for name in result.files) + 2
-    for name, path in result.files.items():
-        print(f"  {name:<{width}} {path}")
-    if strict and not result.ok:
-        print(f"error: some checks failed (see above and {checks_file})", file=sys.stderr)
-        return 1
-    return 0

@@ -15,15 +15,9 @@ Exit status: 0 when every check passed, 1 when a check failed (files are still w
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from mbakt_tf.cli import (
-    config_from_flags,
-    define_saved_run_flags,
-    exit_status_of_checked_run,
-    run_app,
-    run_on_saved_model,
-)
+from mbakt_tf.cli import define_saved_run_flags, run_app, run_checked_tool
 
 FLAGS = flags.FLAGS
 define_saved_run_flags()
@@ -70,20 +64,14 @@ def export_config_from_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from mbakt_tf import export
 
-    config = config_from_flags(export_config_from_flags)
-    outcome = run_on_saved_model(
-        export.export_from_file, config, (export.NotMBAKTModelError, ValueError, FileNotFoundError))
-    if outcome is None:
-        return 2
-    result, seconds = outcome
-    print()
-    print(export.format_report(result.manifest))
-    print()
-    return exit_status_of_checked_run(result, seconds, FLAGS.strict, "manifest.json")
+    return run_checked_tool(
+        argv, export_config_from_flags, export.export_from_file,
+        errors=(export.NotMBAKTModelError, ValueError, FileNotFoundError),
+        report_text=lambda result: export.format_report(result.manifest),
+        checks_file="manifest.json",
+    )
 
 
 def run():

@@ -19,15 +19,9 @@ a layer the tf_keras bridge does not support).
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from mbakt_tf.cli import (
-    config_from_flags,
-    define_saved_run_flags,
-    exit_status_of_checked_run,
-    run_app,
-    run_on_saved_model,
-)
+from mbakt_tf.cli import define_saved_run_flags, run_app, run_checked_tool
 
 FLAGS = flags.FLAGS
 define_saved_run_flags()
@@ -87,22 +81,15 @@ def optimize_config_from_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from mbakt_tf import optimize, saved_runs, tf_keras_bridge
 
-    config = config_from_flags(optimize_config_from_flags)
-    outcome = run_on_saved_model(
-        optimize.optimize_from_file, config,
-        (optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
-         saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError))
-    if outcome is None:
-        return 2
-    result, seconds = outcome
-    print()
-    print(optimize.format_report(result.report))
-    print()
-    return exit_status_of_checked_run(result, seconds, FLAGS.strict, "report.json")
+    return run_checked_tool(
+        argv, optimize_config_from_flags, optimize.optimize_from_file,
+        errors=(optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
+                saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError),
+        report_text=lambda result: optimize.format_report(result.report),
+        checks_file="report.json",
+    )
 
 
 def run():
