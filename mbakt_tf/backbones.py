@@ -151,6 +151,22 @@ def small_image_resnet(filters, blocks, input_shape, include_rescaling=True, nam
     return model
 
 
+def static_input_shape(backbone):
+    """The backbone's `(height, width, channels)`; `ValueError` unless all three are known.
+
+    Example:
+    >>> static_input_shape(build_backbone("small_resnet8", input_shape=(28, 28, 1)))
+    (28, 28, 1)
+    """
+    input_shape = tuple(backbone.input.shape[1:])
+    if len(input_shape) != 3 or None in input_shape:
+        raise ValueError(
+            "The backbone needs a static image input shape (height, width, channels), got "
+            f"{input_shape}: build it with an explicit input_shape."
+        )
+    return input_shape
+
+
 def stage_layer_names(backbone):
     """Names of the layers that end each stage, shallowest first, last stage included.
 

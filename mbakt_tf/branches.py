@@ -119,12 +119,7 @@ def build_multi_branch_network(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-    input_shape = tuple(backbone.input.shape[1:])
-    if len(input_shape) != 3 or None in input_shape:
-        raise ValueError(
-            "The backbone needs a static image input shape (height, width, channels), got "
-            f"{input_shape}: build it with an explicit input_shape."
-        )
+    backbones_lib.static_input_shape(backbone)  # raises unless the image size is known
     backbone = backbones_lib.without_lambda_activations(backbone)
     images = backbone.input
     stages = backbones_lib.stage_outputs(backbone)

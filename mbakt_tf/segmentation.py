@@ -157,12 +157,7 @@ def build_segmentation_network(
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}.")
-    input_shape = tuple(backbone.input.shape[1:])
-    if len(input_shape) != 3 or None in input_shape:
-        raise ValueError(
-            "The backbone needs a static image input shape (height, width, channels), got "
-            f"{input_shape}: build it with an explicit input_shape."
-        )
+    input_shape = backbones_lib.static_input_shape(backbone)
     height, width = input_shape[:2]
     backbone = backbones_lib.without_lambda_activations(backbone)
     images = backbone.input

@@ -169,12 +169,9 @@ def make_dataset(
         ds, num_examples = _batched_from_tf_data(source, batch_size, training, size, seed,
                                                  num_examples, cache)
     else:
-        ds, num_examples = _batched_from_numpy(source, batch_size, training, seed)
-    if training and num_examples is not None and num_examples < batch_size:
-        raise ValueError(
-            f"The training split has {num_examples} examples, fewer than batch_size={batch_size}: "
-            "with drop_remainder=True it would yield no batches. Lower batch_size or use more data."
-        )
+        ds, num_examples = batched_from_numpy(source, batch_size, training, seed)
+    if training:
+        check_training_size(num_examples, batch_size)
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32)
@@ -197,7 +194,12 @@ def _call_augmentation(augmentation, images):
     return augmentation(images)
 
 
-def _batched_from_numpy(source, batch_size, training, seed):
+def batched_from_numpy(source, batch_size, training, seed):
+    """`(dataset of (images, labels) batches, num_examples)` from in-memory arrays, gathered per batch.
+
+    Training shuffles every epoch from `seed` and drops the last partial batch.
+    The arrays may be labels or label maps; nothing is cast or resized here.
+    """
     images, labels = source
     num_examples = len(images)
     with tf.device("/cpu:0"):  # tf.data runs on the host, even inside a strategy scope
@@ -211,6 +213,40 @@ def _batched_from_numpy(source, batch_size, training, seed):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options), num_examples
+
+
+def cache_shuffle_batch(ds, batch_size, training, seed, num_examples, cache, example_bytes):
+    """Caches (see `make_dataset`'s `cache`), shuffles for training, batches an unbatched tf.data source.
+
+    `example_bytes` (None if unknown) sizes the "auto" cache decision and the
+    shuffle buffer (`SHUFFLE_BUFFER_BYTES` of examples, at most all of them).
+    """
+    if num_examples is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+    if cache == "auto":
+        cache = (
+            num_examples is not None
+            and example_bytes is not None
+            and num_examples * example_bytes <= CACHE_LIMIT_BYTES
+        )
+    if isinstance(cache, str):
+        ds = ds.cache(cache)
+    elif cache:
+        ds = ds.cache()
+    if training:
+        buffer = SHUFFLE_BUFFER_BYTES // example_bytes if example_bytes else 10_000
+        buffer = max(1, min(buffer, num_examples or buffer))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=training)
+
+
+def check_training_size(num_examples, batch_size):
+    """`ValueError` when a training split (dropping its last partial batch) would yield no batch."""
+    if num_examples is not None and num_examples < batch_size:
+        raise ValueError(
+            f"The training split has {num_examples} examples, fewer than batch_size={batch_size}: "
+            "with drop_remainder=True it would yield no batches. Lower batch_size or use more data."
+        )
 
 
 def _batched_from_tf_data(source, batch_size, training, size, seed, num_examples, cache):
@@ -232,23 +268,7 @@ def _batched_from_tf_data(source, batch_size, training, size, seed, num_examples
 
         ds = ds.map(resize, num_parallel_calls=AUTOTUNE)
         shape = tf.TensorShape(size + (shape[-1],))
-    if num_examples is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
     example_bytes = (
         int(np.prod(shape.as_list())) * image_spec.dtype.size if shape.is_fully_defined() else None
     )
-    if cache == "auto":
-        cache = (
-            num_examples is not None
-            and example_bytes is not None
-            and num_examples * example_bytes <= CACHE_LIMIT_BYTES
-        )
-    if isinstance(cache, str):
-        ds = ds.cache(cache)
-    elif cache:
-        ds = ds.cache()
-    if training:
-        buffer = SHUFFLE_BUFFER_BYTES // example_bytes if example_bytes else 10_000
-        buffer = max(1, min(buffer, num_examples or buffer))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=training), num_examples
+    return cache_shuffle_batch(ds, batch_size, training, seed, num_examples, cache, example_bytes), num_examples

@@ -250,40 +250,15 @@ def make_segmentation_dataset(source, batch_size, training=False, image_size=Non
     size = pipeline.image_size_pair(image_size)
     if isinstance(source, tf.data.Dataset):
         ds = source.map(lambda x, y: _resize_pair(x, tf.cast(y, tf.uint8), size), num_parallel_calls=AUTOTUNE)
-        if num_examples is not None:
-            ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
         shape = ds.element_spec[0].shape
         if not shape.is_fully_defined():
             raise ValueError(f"Images of varying size {tuple(shape)}: pass image_size to resize them.")
-        example_bytes = 2 * int(np.prod(shape.as_list()))
-        if cache == "auto":
-            cache = num_examples is not None and num_examples * example_bytes <= pipeline.CACHE_LIMIT_BYTES
-        if isinstance(cache, str):
-            ds = ds.cache(cache)
-        elif cache:
-            ds = ds.cache()
-        if training:
-            buffer = max(1, min(pipeline.SHUFFLE_BUFFER_BYTES // example_bytes, num_examples or 10_000))
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, drop_remainder=training)
+        example_bytes = 2 * int(np.prod(shape.as_list()))  # uint8 image and mask
+        ds = pipeline.cache_shuffle_batch(ds, batch_size, training, seed, num_examples, cache, example_bytes)
     else:
-        images, masks = source
-        num_examples = len(images)
-        with tf.device("/cpu:0"):  # tf.data runs on the host, even inside a strategy scope
-            images, masks = tf.constant(images), tf.constant(masks)
-        ds = tf.data.Dataset.range(num_examples)
-        if training:
-            ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, drop_remainder=training)
-        ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(masks, idx)), num_parallel_calls=AUTOTUNE)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = ds.with_options(options)
-    if training and num_examples is not None and num_examples < batch_size:
-        raise ValueError(
-            f"The training split has {num_examples} examples, fewer than batch_size={batch_size}: "
-            "with drop_remainder=True it would yield no batches. Lower batch_size or use more data."
-        )
+        ds, num_examples = pipeline.batched_from_numpy(source, batch_size, training, seed)
+    if training:
+        pipeline.check_training_size(num_examples, batch_size)
 
     def prepare(images, masks):
         images, masks = _resize_pair(images, masks, size)
