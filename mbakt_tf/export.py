@@ -706,4 +706,3 @@ def format_report(manifest):
 
 def _count(value):
     return "n/a" if value is None else f"{value:,}"
-

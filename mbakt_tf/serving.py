@@ -133,5 +133,3 @@ def probe_saved_model(saved_model_dir, images, timeout=600):
         with np.load(outputs_path) as saved:
             outputs = {key: saved[key] for key in saved.files}
     return outputs, facts
-
-
