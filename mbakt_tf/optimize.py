@@ -270,6 +270,7 @@ def run_worker(job, work_dir, python=None, timeout=None, progress=None):
     code is imported there.
     """
     python = tfmot_python(python)
+    work_dir = os.path.abspath(work_dir)  # the process runs in it: relative paths would not resolve
     os.makedirs(work_dir, exist_ok=True)
     job_path = os.path.join(work_dir, "job.json")
     result_path = os.path.join(work_dir, WORKER_RESULT)

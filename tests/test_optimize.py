@@ -120,6 +120,17 @@ def test_bridge_parity_on_each_backbone_family(family, family_bridges, family_pa
     assert parity["passed"]
 
 
+def test_worker_resolves_a_relative_work_dir(family_bridges, tmp_path, monkeypatch):
+    # The tfmot process runs inside work_dir; `scripts/optimize.py --model=saved_models/x` passes
+    # a relative one.
+    python = _tfmot_python()
+    monkeypatch.chdir(tmp_path)
+    directory, _ = family_bridges["small_resnet"]
+    (parity,) = optimize.check_bridges([directory], os.path.join("saved_models", "work"), python=python)
+    assert parity["max_abs_diff"] <= 1e-5
+    assert os.path.isfile(tmp_path / "saved_models" / "work" / "job.json")
+
+
 def test_unsupported_layer_is_a_clear_error():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)
