@@ -802,7 +802,7 @@ def optimize_model(
     worker = run_worker(job, work_dir, python=python, progress=say)
     for name, run in worker["runs"].items():
         for fmt, path in run["files"].items():
-            files[f"{name}_{fmt}"] = path
+            files[f"{name}_{fmt}"] = os.path.join(output_dir, os.path.basename(path))  # as the caller named it
 
     say("Running every TFLite file in LiteRT on the test images")
     labels_of = {
