@@ -31,8 +31,9 @@ class Checks:
 
     def summary(self):
         """`Checks: k/n passed`, then one `FAILED name: detail` line per failure."""
-        return f"Checks: {len(self.items) - len(self.failed)}/{len(self.items)} passed" + "".join(
-            f"\n  FAILED {c['name']}: {c['detail']}" for c in self.failed)
+        failed = self.failed
+        return f"Checks: {len(self.items) - len(failed)}/{len(self.items)} passed" + "".join(
+            f"\n  FAILED {c['name']}: {c['detail']}" for c in failed)
 
     def failure_message(self):
         """`name: detail; ...` of the failed checks, for an exception."""

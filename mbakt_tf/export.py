@@ -207,7 +207,7 @@ class ExportResult:
 
     @property
     def failed_checks(self):
-        return [c for c in self.manifest["checks"] if not c["passed"]]
+        return Checks(self.manifest["checks"]).failed
 
 
 def _quiet(progress):
@@ -372,7 +372,7 @@ def export_model(
     result = run.write_manifest(source)
     if config.strict and not result.ok:
         raise ExportCheckError(f"Export to {output_dir} failed checks (see {result.files['manifest']}): "
-                               + Checks(result.manifest["checks"]).failure_message())
+                               + run.checks.failure_message())
     return result
 
 

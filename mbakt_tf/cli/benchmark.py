@@ -10,9 +10,8 @@ import sys
 
 from absl import app, flags
 
-from mbakt_tf.cli import run_app
-
 from mbakt_tf import backbones
+from mbakt_tf.cli import run_app
 
 flags.DEFINE_enum("backbone", "small_resnet8", backbones.available_backbones(), "Backbone name.")
 flags.DEFINE_list("input_shape", ["28", "28", "1"], "Image shape height,width,channels.")
