@@ -3,14 +3,22 @@
 Every variant runs its compiled `train_step` on the same batch: warm-up calls
 (tracing, XLA compilation) are excluded, then `repeats` timed rounds of
 `steps` calls each, the variants taking turns round by round; a round ends
-when its last loss reaches the host. The median round is reported. The variants split the extra time of MBAKT into its
-parts:
+when its last loss reaches the host. The median round is reported, with the
+ratio to plain of the step time and of the training network's forward FLOPs
+(`flops.count_flops`; backward passes scale with them), so a design whose
+step costs more than its FLOPs say shows up.
+
+The first variants split the extra time of the `exit` design into its parts:
 
 - `plain`: main branch only, cross-entropy;
-- `branches`: the multi-branch network trained with cross-entropy only
+- `branches`: the exit branches trained with cross-entropy only
   (byot with alpha = beta = 0): the cost of the auxiliary branches;
 - `byot`: plus distillation and hint losses: the cost of the losses;
-- `mbakt`: plus the discriminator update and adversarial term.
+- `mbakt_exit`: plus the discriminator update and adversarial term.
+
+The others are the heavier designs: `one` (peers, gated teacher, ce + kd),
+`mbakt` (the defaults: peers, gated teacher, all four losses) and
+`mbakt_deep`.
 
 Example:
 ```python
@@ -27,15 +35,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mbakt_tf import flops
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.model import MBAKT
 
+_EXIT = dict(branch_design="exit", ensemble="mean")
 VARIANTS = {
     "plain": dict(mode="plain"),
-    "branches": dict(mode="byot", alpha=0.0, beta=0.0),
-    "byot": dict(mode="byot"),
+    "branches": dict(mode="byot", alpha=0.0, beta=0.0, **_EXIT),
+    "byot": dict(mode="byot", **_EXIT),
+    "mbakt_exit": dict(mode="mbakt", **_EXIT),
+    "one": dict(mode="mbakt", branch_design="peer", ensemble="gated", beta=0.0, gamma=0.0),
     "mbakt": dict(mode="mbakt"),
+    "mbakt_deep": dict(mode="mbakt", branch_design="deep"),
 }
+_BREAKDOWN = ("plain", "branches", "byot", "mbakt_exit")
 
 
 @dataclasses.dataclass
@@ -76,12 +90,13 @@ def benchmark_train_step(
         images = tf.constant(rng.uniform(0, 255, (batch_size,) + tuple(input_shape)).astype("float32"))
         labels = tf.constant(rng.integers(0, num_classes, batch_size).astype("int32"))
         batch = (images, labels)
-        steps_by_variant = {}
+        steps_by_variant, forward_flops = {}, {}
         for variant in variants:
             keras.utils.set_random_seed(seed)
             config = dataclasses.replace(base_config, **VARIANTS[variant])
             model = MBAKT.from_backbone(backbone, num_classes, input_shape, config=config)
             model.compile()
+            forward_flops[variant] = flops.count_flops(model.network)
             step = _compiled_step(model, jit_compile)
             for _ in range(warmup):
                 float(step(batch)["loss"])
@@ -111,11 +126,13 @@ def benchmark_train_step(
         "steps": steps,
         "repeats": repeats,
         "timings": {k: dataclasses.asdict(v) for k, v in timings.items()},
+        "forward_flops": forward_flops,
     }
     if "plain" in timings:
         plain = timings["plain"].median_seconds
         report["ratio_to_plain"] = {k: v.median_seconds / plain for k, v in timings.items()}
-    order = [v for v in VARIANTS if v in timings]
+        report["flops_ratio_to_plain"] = {k: f / forward_flops["plain"] for k, f in forward_flops.items()}
+    order = [v for v in _BREAKDOWN if v in timings]
     report["extra_seconds"] = {
         f"{later} - {earlier}": timings[later].median_seconds - timings[earlier].median_seconds
         for earlier, later in zip(order, order[1:])
@@ -124,9 +141,9 @@ def benchmark_train_step(
 
 
 _PARTS = {
-    "branches": "auxiliary branches (forward + backward)",
+    "branches": "exit branches (forward + backward)",
     "byot": "distillation + hint losses",
-    "mbakt": "discriminator update + adversarial term",
+    "mbakt_exit": "discriminator update + adversarial term",
 }
 
 
@@ -137,17 +154,21 @@ def format_report(report):
         f"{report['batch_size']}, jit_compile={report['jit_compile']}, "
         f"mixed_precision={report['mixed_precision']}; median of {report['repeats']} rounds "
         f"x {report['steps']} steps",
-        f"{'variant':>9}  {'ms/step':>8}  {'images/s':>9}  {'x plain':>7}",
+        f"{'variant':>10}  {'ms/step':>8}  {'images/s':>9}  {'x plain':>7}  {'FLOPs x plain':>13}  "
+        f"{'step / FLOPs ratio':>18}",
     ]
     for variant, timing in report["timings"].items():
         ratio = report.get("ratio_to_plain", {}).get(variant)
+        flops_ratio = report.get("flops_ratio_to_plain", {}).get(variant)
         lines.append(
-            f"{variant:>9}  {1000 * timing['median_seconds']:8.2f}  "
-            f"{timing['images_per_second']:9.1f}  {'-' if ratio is None else f'{ratio:7.3f}'}"
+            f"{variant:>10}  {1000 * timing['median_seconds']:8.2f}  "
+            f"{timing['images_per_second']:9.1f}  {'-' if ratio is None else f'{ratio:7.3f}'}  "
+            f"{'-' if flops_ratio is None else f'{flops_ratio:13.3f}'}  "
+            f"{'-' if ratio is None else f'{ratio / flops_ratio:18.3f}'}"
         )
     if report["extra_seconds"]:
         lines.append("where the extra time goes (difference to the variant above):")
-        names = list(VARIANTS)
+        names = list(_BREAKDOWN)
         for step, seconds in report["extra_seconds"].items():
             later, earlier = step.split(" - ")
             adjacent = names.index(later) == names.index(earlier) + 1

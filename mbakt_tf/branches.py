@@ -2,9 +2,20 @@
 
 The network is one functional `keras.Model` from raw images to a dict:
 `main_logits`, `main_features` (the backbone's final feature map) and, for
-each auxiliary branch `branch_k` (k = 1 is the shallowest), `branch_k_logits`
-and `branch_k_features` (the stage's features after the adaptation block,
-shaped like `main_features`).
+each auxiliary branch `branch_k`, `branch_k_logits` and `branch_k_features`
+(shaped like `main_features`). With a gated ensemble it also holds `gate`,
+the softmax weights of the branches (main first), shape `(batch, branches)`.
+
+Three branch designs (`branch_design`):
+
+* `"exit"`: an adaptation block and a head on an earlier stage (k = 1 is the
+  shallowest). Cheap, and each branch is an early-exit model, but shallower
+  than the main branch.
+* `"peer"` (ONE / OKDDip): `num_peers` fresh copies of the last `peer_stages`
+  stages on the shared trunk, each with its own head. Peers have the main
+  branch's depth.
+* `"deep"` (DKS / BYOT bottleneck branches): the branch on stage s continues
+  with its own copies of the stages after s, then a head.
 
 Example:
 >>> from mbakt_tf import backbones
@@ -30,17 +41,41 @@ BN_MOMENTUM = 0.9
 
 def branch_names(network):
     """`["main", "branch_1", ...]` for a network built here, main first."""
-    names = sorted(
-        {key[: -len("_logits")] for key in network.output if key.endswith("_logits")} - {MAIN},
-        key=lambda n: int(n.split("_")[-1]),
-    )
-    return [MAIN] + names
+    return branch_names_of(network.output)
 
 
 def classification_head(features, num_classes, name):
     """Global average pooling and a float32 dense layer giving logits."""
     pooled = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
     return keras.layers.Dense(num_classes, dtype="float32", name=f"{name}_logits")(pooled)
+
+
+def ensemble_gate(trunk_features, num_branches, name="gate"):
+    """ONE's gate: softmax weights over the branches from the shared trunk's pooled features."""
+    pooled = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(trunk_features)
+    return keras.layers.Dense(num_branches, activation="softmax", dtype="float32", name=name)(pooled)
+
+
+def copy_of_stages(backbone, stages, first_stage, name):
+    """A fresh copy (new weights) of `backbone` from the end of stage `first_stage` to its output.
+
+    `stages` are the backbone's stage outputs; the copy is a functional model
+    taking stage `first_stage`'s feature map (1 = shallowest) and returning a
+    map shaped like the backbone's output. It is rebuilt from the layers'
+    configs, so keras-cv backbones (nested blocks included) copy the same way.
+
+    Example:
+    >>> from mbakt_tf import backbones
+    >>> backbone = backbones.build_backbone("small_resnet8", (28, 28, 1))
+    >>> stages = backbones.stage_outputs(backbone)
+    >>> copy = copy_of_stages(backbone, stages, 2, "peer")
+    >>> tuple(copy.input.shape[1:]), tuple(copy.output.shape[1:])
+    ((14, 14, 32), (7, 7, 64))
+    """
+    original = keras.Model(stages[first_stage - 1], stages[-1], name=f"{name}_original")
+    copy = keras.models.clone_model(original)
+    copy.name = name
+    return copy
 
 
 def adaptation_block(features, target_shape, separable, name):
@@ -80,6 +115,16 @@ def adaptation_block(features, target_shape, separable, name):
     return x
 
 
+def resolve_peer_stages(num_stages, peer_stages):
+    """Checks that the last `peer_stages` stages can be copied (the trunk keeps >= 1 stage)."""
+    if not 1 <= peer_stages < num_stages:
+        raise ValueError(
+            f"peer_stages={peer_stages}: this backbone has {num_stages} stages, so peers can "
+            f"copy the last 1 to {num_stages - 1} of them (the trunk keeps at least one)."
+        )
+    return peer_stages
+
+
 def resolve_branch_stages(num_stages, branch_stages=None):
     """Stage indices (1 = shallowest) that get a branch; the last stage never does."""
     candidates = list(range(1, num_stages))
@@ -101,6 +146,10 @@ def build_multi_branch_network(
     branch_stages=None,
     with_branches=True,
     adaptation="auto",
+    branch_design="exit",
+    peer_stages=1,
+    num_peers=2,
+    gated=False,
     name="mbakt_network",
 ):
     """Builds the multi-branch network on `backbone` (a functional keras model).
@@ -115,7 +164,12 @@ def build_multi_branch_network(
             `resolve_branch_stages`.
         with_branches: False builds the plain network (main branch only).
         adaptation: `"conv"`, `"separable"` or `"auto"` (separable for mobile
-            backbones).
+            backbones); the adaptation blocks of `"exit"` branches.
+        branch_design: `"exit"`, `"peer"` or `"deep"` (see the module doc).
+        peer_stages: how many of the last stages each peer copies.
+        num_peers: number of peers (`"peer"` only).
+        gated: adds the ensemble gate output `gate` (ONE), computed from the
+            pooled features where the branches split from the main branch.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -128,19 +182,59 @@ def build_multi_branch_network(
         f"{MAIN}_features": main_features,
         f"{MAIN}_logits": classification_head(main_features, num_classes, MAIN),
     }
-    if with_branches:
-        if adaptation == "auto":
-            separable = backbones_lib.is_mobile_backbone(backbone)
-        else:
-            separable = adaptation == "separable"
+    if not with_branches:
+        return keras.Model(images, outputs, name=name)
+    if branch_design == "exit":
+        split = _exit_branches(outputs, backbone, stages, num_classes, branch_stages, adaptation)
+    elif branch_design == "peer":
+        first = len(stages) - resolve_peer_stages(len(stages), peer_stages)
+        if num_peers < 1:
+            raise ValueError(f"num_peers must be >= 1, got {num_peers}.")
+        for k in range(1, num_peers + 1):
+            copy = copy_of_stages(backbone, stages, first, f"branch_{k}_stages")
+            _add_head(outputs, f"branch_{k}", copy(stages[first - 1]), num_classes)
+        split = stages[first - 1]
+    elif branch_design == "deep":
         chosen = resolve_branch_stages(len(stages), branch_stages)
         for k, stage in enumerate(chosen, start=1):
-            branch = f"branch_{k}"
-            adapted = adaptation_block(
-                stages[stage - 1], tuple(main_features.shape[1:]), separable, f"{branch}_adapt"
-            )
-            outputs[f"{branch}_features"] = adapted
-            outputs[f"{branch}_logits"] = classification_head(adapted, num_classes, branch)
+            copy = copy_of_stages(backbone, stages, stage, f"branch_{k}_stages")
+            _add_head(outputs, f"branch_{k}", copy(stages[stage - 1]), num_classes)
+        split = stages[chosen[0] - 1]
+    else:
+        raise ValueError(f"Unknown branch_design {branch_design!r}; known: 'exit', 'peer', 'deep'.")
+    if gated:
+        outputs["gate"] = ensemble_gate(split, len(branch_names_of(outputs)))
+    return keras.Model(images, outputs, name=name)
+
+
+def _add_head(outputs, branch, features, num_classes):
+    outputs[f"{branch}_features"] = features
+    outputs[f"{branch}_logits"] = classification_head(features, num_classes, branch)
+
+
+def _exit_branches(outputs, backbone, stages, num_classes, branch_stages, adaptation):
+    """Adds the `"exit"` branches; returns the shallowest stage they share with the main branch."""
+    if adaptation == "auto":
+        separable = backbones_lib.is_mobile_backbone(backbone)
+    else:
+        separable = adaptation == "separable"
+    main_shape = tuple(outputs[f"{MAIN}_features"].shape[1:])
+    chosen = resolve_branch_stages(len(stages), branch_stages)
+    for k, stage in enumerate(chosen, start=1):
+        branch = f"branch_{k}"
+        adapted = adaptation_block(stages[stage - 1], main_shape, separable, f"{branch}_adapt")
+        _add_head(outputs, branch, adapted, num_classes)
+    return stages[chosen[0] - 1]
+
+
+def branch_names_of(outputs):
+    """`["main", "branch_1", ...]` of a dict of network outputs, main first."""
+    names = sorted(
+        {key[: -len("_logits")] for key in outputs if key.endswith("_logits")} - {MAIN},
+        key=lambda n: int(n.split("_")[-1]),
+    )
+    return [MAIN] + names
+
     return keras.Model(images, outputs, name=name)
 
 

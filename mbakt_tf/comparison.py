@@ -21,22 +21,44 @@ import numpy as np
 
 from mbakt_tf.config import MBAKTConfig
 
-VARIANTS = ("plain", "byot", "mbakt")
+VARIANTS = ("plain", "byot", "one", "mbakt")
+# Published methods, pinned to their own design whatever the base config says.
+METHODS = {
+    # BYOT (Zhang et al. 2019): exits on earlier stages, the deepest classifier teaches.
+    "byot": dict(mode="byot", branch_design="exit", ensemble="mean", teacher="main"),
+    # ONE (Lan et al. 2018): peers on a shared trunk, gated ensemble teacher, ce + kd only.
+    "one": dict(
+        mode="mbakt", branch_design="peer", ensemble="gated", teacher="ensemble", alpha=0.5,
+        beta=0.0, gamma=0.0,
+    ),
+}
 ABLATIONS = {
     "mbakt_no_kd": dict(alpha=0.0),
     "mbakt_no_hint": dict(beta=0.0),
     "mbakt_no_adv": dict(gamma=0.0),
     "mbakt_no_ensemble": dict(teacher="main"),
+    "mbakt_mean_teacher": dict(ensemble="mean"),
+    "mbakt_unconditioned_adv": dict(discriminator_condition="none"),
+}
+# Other designs of the same method, for choosing defaults (not in --ablations).
+DESIGNS = {
+    "mbakt_exit": dict(branch_design="exit"),
+    "mbakt_peer": dict(branch_design="peer"),
+    "mbakt_deep": dict(branch_design="deep"),
 }
 
 
 def variant_config(base, variant):
-    """The `MBAKTConfig` of `variant` ("plain", "byot", "mbakt" or an ablation)."""
+    """The `MBAKTConfig` of `variant`: a mode, a published method, an ablation or a design of mbakt."""
+    if variant in METHODS:
+        return dataclasses.replace(base, **METHODS[variant])
     if variant in VARIANTS:
         return dataclasses.replace(base, mode=variant)
-    if variant in ABLATIONS:
-        return dataclasses.replace(base, mode="mbakt", **ABLATIONS[variant])
-    raise ValueError(f"Unknown variant {variant!r}; known: {list(VARIANTS) + list(ABLATIONS)}.")
+    for table in (ABLATIONS, DESIGNS):
+        if variant in table:
+            return dataclasses.replace(base, mode="mbakt", **table[variant])
+    known = list(VARIANTS) + list(ABLATIONS) + list(DESIGNS)
+    raise ValueError(f"Unknown variant {variant!r}; known: {known}.")
 
 
 def run_dir_name(variant, seed):

@@ -6,7 +6,10 @@ from typing import Optional, Tuple
 MODES = ("plain", "byot", "mbakt")
 TEACHERS = ("ensemble", "main")
 ADAPTATIONS = ("auto", "conv", "separable")
-ADVERSARIAL_INPUTS = ("probabilities", "features")
+ADVERSARIAL_INPUTS = ("logits", "probabilities", "features")
+BRANCH_DESIGNS = ("exit", "peer", "deep")
+ENSEMBLES = ("mean", "gated")
+DISCRIMINATOR_CONDITIONS = ("none", "label")
 
 
 @dataclasses.dataclass
@@ -14,11 +17,17 @@ class MBAKTConfig:
     """What the MBAKT training step optimises.
 
     The generator loss is
-    `sum_k [(1 - alpha) * ce_k + alpha * kd_k] + beta * sum_k hint_k
-    + gamma(t) * sum_k adv_k`, with `gamma(t)` ramped linearly from 0 to
-    `gamma` over `adversarial_warmup_steps`. With `teacher="main"` (BYOT) the
-    main branch is the teacher and keeps its full cross-entropy; the sums of
-    kd then run over the auxiliary branches only.
+    `sum_k [(1 - alpha(t)) * ce_k + alpha(t) * kd_k] + beta * sum_k hint_k
+    + gamma(t) * sum_k adv_k` (+ the cross-entropy of the gated ensemble's
+    logits with `ensemble="gated"`), with `alpha(t)` and `gamma(t)` ramped
+    linearly from 0 over `distillation_warmup_steps` and
+    `adversarial_warmup_steps`. With `teacher="main"` (BYOT) the main branch
+    is the teacher and keeps its full cross-entropy; the sums of kd then run
+    over the auxiliary branches only.
+
+    The defaults are the design measured best on Fashion-MNIST (README, "Does
+    it work?"): two peers, a gated teacher, a label-conditioned discriminator
+    on logits.
 
     Args:
         mode: `"plain"` (main branch only, cross-entropy), `"byot"` (branches,
@@ -35,9 +44,10 @@ class MBAKTConfig:
         discriminator_steps: discriminator updates per generator update.
         discriminator_label_smoothing: target for "real" is `1 - this`.
         discriminator_units: hidden layer widths of the discriminator MLP.
-        adversarial_input: what the discriminator sees, `"probabilities"`
-            (class-probability vectors) or `"features"` (pooled features).
-        teacher: `"ensemble"` (mean of all branch logits) or `"main"` (the
+        adversarial_input: what the discriminator sees, `"logits"` (at
+            temperature 1), `"probabilities"` (softened by
+            `adversarial_temperature`) or `"features"` (pooled features).
+        teacher: `"ensemble"` (all branches, see `ensemble`) or `"main"` (the
             deepest classifier, as in BYOT). `None` picks `"main"` for byot
             and `"ensemble"` for mbakt.
         branch_stages: indices (1 = shallowest) of the backbone stages that get
@@ -46,6 +56,23 @@ class MBAKTConfig:
         adaptation: adaptation block kind, `"conv"` (strided conv-BN-ReLU),
             `"separable"` (depthwise-separable) or `"auto"` (separable for
             mobile backbones).
+        branch_design: `"exit"` (adaptation block and head on an earlier
+            stage), `"peer"` (ONE: copies of the last `peer_stages` stages on
+            the shared trunk) or `"deep"` (the branch on stage s copies every
+            stage after s). See `branches`. `None`: `"peer"` for
+            classification, `"exit"` for segmentation (the only design its
+            encoder-decoder has).
+        peer_stages: how many of the backbone's last stages a peer copies.
+        num_peers: number of peers with `branch_design="peer"`.
+        ensemble: the ensemble teacher, `"mean"` of all branch logits or
+            `"gated"` (ONE: softmax weights over branches from the shared
+            trunk's pooled features, trained by a cross-entropy on the gated
+            logits). With `teacher="main"` there is no gate: the ensemble
+            metric is then the mean.
+        distillation_warmup_steps: optimizer steps over which alpha ramps
+            linearly from 0 (0: full alpha from the first step).
+        discriminator_condition: `"label"` concatenates the one-hot label to
+            what the discriminator sees (a conditional GAN), `"none"` does not.
 
     Example:
     >>> config = MBAKTConfig(mode="mbakt", alpha=0.5, gamma=0.1)
@@ -54,7 +81,7 @@ class MBAKTConfig:
     """
 
     mode: str = "mbakt"
-    alpha: float = 0.2
+    alpha: float = 0.5
     beta: float = 0.05
     gamma: float = 0.1
     temperature: float = 3.0
@@ -63,10 +90,16 @@ class MBAKTConfig:
     discriminator_steps: int = 1
     discriminator_label_smoothing: float = 0.1
     discriminator_units: Tuple[int, ...] = (64, 64)
-    adversarial_input: str = "probabilities"
+    adversarial_input: str = "logits"
     teacher: Optional[str] = None
     branch_stages: Optional[Tuple[int, ...]] = None
     adaptation: str = "auto"
+    branch_design: Optional[str] = None
+    peer_stages: int = 1
+    num_peers: int = 2
+    ensemble: str = "gated"
+    distillation_warmup_steps: int = 500
+    discriminator_condition: str = "label"
 
     def __post_init__(self):
         self.discriminator_units = tuple(int(u) for u in self.discriminator_units)
@@ -79,6 +112,13 @@ class MBAKTConfig:
         _check_choice("mode", self.mode, MODES)
         _check_choice("adaptation", self.adaptation, ADAPTATIONS)
         _check_choice("adversarial_input", self.adversarial_input, ADVERSARIAL_INPUTS)
+        if self.branch_design is not None:
+            _check_choice("branch_design", self.branch_design, BRANCH_DESIGNS)
+        _check_choice("ensemble", self.ensemble, ENSEMBLES)
+        _check_choice("discriminator_condition", self.discriminator_condition, DISCRIMINATOR_CONDITIONS)
+        for name in ("peer_stages", "num_peers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MBAKTConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if self.teacher is not None:
             _check_choice("teacher", self.teacher, TEACHERS)
         if not 0.0 <= self.alpha <= 1.0:
@@ -94,11 +134,9 @@ class MBAKTConfig:
         for name in ("temperature", "adversarial_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MBAKTConfig.{name} must be > 0, got {getattr(self, name)}.")
-        if self.adversarial_warmup_steps < 0:
-            raise ValueError(
-                "MBAKTConfig.adversarial_warmup_steps must be >= 0, got "
-                f"{self.adversarial_warmup_steps}."
-            )
+        for name in ("adversarial_warmup_steps", "distillation_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MBAKTConfig.{name} must be >= 0, got {getattr(self, name)}.")
         if self.discriminator_steps < 1:
             raise ValueError(
                 f"MBAKTConfig.discriminator_steps must be >= 1, got {self.discriminator_steps}."
@@ -123,6 +161,16 @@ class MBAKTConfig:
     @property
     def uses_adversary(self):
         return self.mode == "mbakt" and self.gamma > 0
+
+    def resolved_branch_design(self, task="classification"):
+        if self.branch_design is not None:
+            return self.branch_design
+        return "exit" if task == "segmentation" else "peer"
+
+    @property
+    def uses_gate(self):
+        """True when a learned gate forms the ensemble teacher (not with `teacher="main"`)."""
+        return self.uses_branches and self.ensemble == "gated" and self.resolved_teacher == "ensemble"
 
     @property
     def resolved_teacher(self):

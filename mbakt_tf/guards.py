@@ -117,7 +117,7 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
 
 class DiscriminatorCollapseMonitor(keras.callbacks.Callback):
-    """Warns when `d_accuracy` stays within `margin` of 0 or 1 for `patience` steps.
+    """Warns when `d_balanced_accuracy` stays within `margin` of 0 or 1 for `patience` steps.
 
     Per-step accuracies are recovered from the running epoch mean that Keras
     logs (`mean_k * k - mean_(k-1) * (k-1)`), so no model change is needed.
@@ -130,7 +130,7 @@ class DiscriminatorCollapseMonitor(keras.callbacks.Callback):
         metric: the log key of the discriminator accuracy.
     """
 
-    def __init__(self, patience=200, margin=0.02, metric="d_accuracy", backup=None):
+    def __init__(self, patience=200, margin=0.02, metric="d_balanced_accuracy", backup=None):
         super().__init__()
         if not 0 <= margin < 0.5:
             raise ValueError(f"margin must be in [0, 0.5), got {margin}.")
@@ -207,10 +207,10 @@ class DiscriminatorCollapseMonitor(keras.callbacks.Callback):
         )
         extras = "".join(f", {k} {event[k]:.4f}" for k in ("d_loss", "adv") if k in event)
         logger.warning(
-            "discriminator collapse: d_accuracy has been within %.2f of %s for %d steps "
+            "discriminator collapse: %s has been within %.2f of %s for %d steps "
             "(up to step %s: mean %.4f, min %.4f, max %.4f%s); the discriminator is %s. "
             "Consider a lower --d_learning_rate, more --discriminator_label_smoothing, or a "
             "smaller --gamma.",
-            self.margin, self._side, event["steps"], step, event["mean"], event["min"],
+            self.metric, self.margin, self._side, event["steps"], step, event["mean"], event["min"],
             event["max"], extras, verdict,
         )

@@ -80,9 +80,34 @@ def adversarial(fake_logits):
     return ops.mean(ops.softplus(-ops.cast(fake_logits, "float32")))
 
 
-def discriminator_accuracy(real_logits, fake_logits):
-    """Fraction of real inputs scored > 0 and fake inputs scored < 0."""
-    real_right = ops.cast(ops.greater(real_logits, 0.0), "float32")
-    fake_right = ops.cast(ops.less(fake_logits, 0.0), "float32")
-    total = ops.cast(ops.size(real_right) + ops.size(fake_right), "float32")
-    return (ops.sum(real_right) + ops.sum(fake_right)) / total
+def discriminator_balanced_accuracy(real_logits, fake_logits):
+    """Mean of the real-side accuracy (score > 0) and the fake-side accuracy (score < 0).
+
+    A constant discriminator scores 0.5 however many fakes there are per real.
+
+    Example:
+    >>> import numpy as np
+    >>> float(discriminator_balanced_accuracy(np.array([1.0, -1.0]), np.array([-1.0] * 6)))
+    0.75
+    """
+    real_right = ops.mean(ops.cast(ops.greater(real_logits, 0.0), "float32"))
+    fake_right = ops.mean(ops.cast(ops.less(fake_logits, 0.0), "float32"))
+    return 0.5 * (real_right + fake_right)
+
+
+def gradient_norm_ratio(tape, numerator, denominator, sources):
+    """`||d numerator / d sources|| / ||d denominator / d sources||` from a persistent tape.
+
+    How large one loss term's gradient is next to another's on the same
+    tensors (e.g. the adversarial term next to cross-entropy on the network's
+    outputs); 0 when the denominator's gradient vanishes.
+    """
+
+    def norm(target):
+        grads = [g for g in tape.gradient(target, sources) if g is not None]
+        if not grads:
+            return ops.convert_to_tensor(0.0, "float32")
+        return ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads])))
+
+    below = norm(denominator)
+    return ops.where(below > 0, norm(numerator) / ops.maximum(below, 1e-12), 0.0)

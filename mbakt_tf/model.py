@@ -33,6 +33,15 @@ def resolve_backbone(backbone, input_shape=None):
     return backbone
 
 
+def discriminator_input_channels(config, network, num_classes):
+    """Width of what the discriminator sees per example (or pixel): outputs, plus the label."""
+    if config.adversarial_input == "features":
+        channels = int(network.output[f"{branches_lib.MAIN}_features"].shape[-1])
+    else:
+        channels = num_classes
+    return channels + (num_classes if config.discriminator_condition == "label" else 0)
+
+
 @keras.saving.register_keras_serializable(package="mbakt_tf")
 class MBAKT(keras.Model):
     """Multi-Branched Adversarial Knowledge Transfer for image classification.
@@ -115,14 +124,16 @@ class MBAKT(keras.Model):
             branch_stages=config.branch_stages,
             with_branches=config.uses_branches,
             adaptation=config.adaptation,
+            branch_design=config.resolved_branch_design("classification"),
+            peer_stages=config.peer_stages,
+            num_peers=config.num_peers,
+            gated=config.uses_gate,
         )
         discriminator = None
         if config.uses_adversary:
-            if config.adversarial_input == "probabilities":
-                input_dim = num_classes
-            else:
-                input_dim = int(network.output["main_features"].shape[-1])
-            discriminator = vector_discriminator(input_dim, config.discriminator_units)
+            discriminator = vector_discriminator(
+                discriminator_input_channels(config, network, num_classes), config.discriminator_units
+            )
         return cls(network, discriminator, config, name=name)
 
     # ----------------------------------------------------------------- compile
@@ -184,7 +195,11 @@ class MBAKT(keras.Model):
         mean = keras.metrics.Mean
         self.loss_tracker = mean(name="loss")
         self.term_trackers = {
-            term: mean(name=term) for term in ("ce", "kd", "hint", "adv", "d_loss", "d_accuracy")
+            term: mean(name=term)
+            for term in (
+                "ce", "ensemble_ce", "kd", "hint", "adv", "d_loss", "d_balanced_accuracy",
+                "adv_grad_ratio",
+            )
         }
         heads = self.branch_names + ([ENSEMBLE] if len(self.branch_names) > 1 else [])
         self.accuracy_trackers = {
@@ -205,8 +220,10 @@ class MBAKT(keras.Model):
         names = ["loss", "ce"]
         if self.config.uses_branches:
             names += ["kd", "hint"]
+        if self.gated:
+            names += ["ensemble_ce"]
         if self.config.uses_adversary:
-            names += ["adv", "d_loss", "d_accuracy"]
+            names += ["adv", "d_loss", "d_balanced_accuracy", "adv_grad_ratio"]
         return names + [f"{head}_accuracy" for head in self.accuracy_trackers]
 
     # ------------------------------------------------------------ forward pass
@@ -220,20 +237,31 @@ class MBAKT(keras.Model):
         outputs = self.network(images, training=training)
         logits = {b: outputs[f"{b}_logits"] for b in self.branch_names}
         if len(self.branch_names) > 1:
-            logits[ENSEMBLE] = self._ensemble(list(logits.values()))
+            logits[ENSEMBLE] = self._ensemble(list(logits.values()), outputs)
         return logits
 
-    @staticmethod
-    def _ensemble(logits):
-        return ops.mean(ops.stack(logits, axis=0), axis=0)
+    @property
+    def gated(self):
+        return "gate" in self.network.output
 
-    def _teacher(self, logits):
+    def _ensemble(self, logits, outputs):
+        """The ensemble's logits: the mean of the branches', or their gated sum (ONE)."""
+        if "gate" not in outputs:
+            return ops.mean(ops.stack(logits, axis=0), axis=0)
+        stacked = ops.stack(logits, axis=-1)  # (..., classes, branches)
+        gate = ops.cast(outputs["gate"], "float32")  # (batch, branches)
+        shape = [-1] + [1] * (len(stacked.shape) - 2) + [len(logits)]
+        return ops.sum(stacked * ops.reshape(gate, shape), axis=-1)
+
+    def _teacher(self, logits, ensemble):
         if self.config.resolved_teacher == "main":
             return ops.stop_gradient(logits[0])
-        return ops.stop_gradient(self._ensemble(logits))
+        return ops.stop_gradient(ensemble)
 
     def _adversary_inputs(self, outputs, logits, teacher):
-        """(real, [fake per branch]) as the discriminator sees them, float32."""
+        """(real, [fake per branch]) as the discriminator sees them, float32, without the label."""
+        if self.config.adversarial_input == "logits":
+            return teacher, list(logits)
         if self.config.adversarial_input == "probabilities":
             t = self.config.adversarial_temperature
             real = ops.softmax(teacher / t, axis=-1)
@@ -246,6 +274,14 @@ class MBAKT(keras.Model):
             real = ops.stop_gradient(ops.mean(ops.stack(pooled, 0), 0))
             fakes = pooled
         return real, fakes
+
+    def _conditioned(self, inputs, labels):
+        """`inputs` with the one-hot label concatenated on the last axis (conditional GAN)."""
+        if self.config.discriminator_condition != "label":
+            return inputs
+        # Labels outside [0, num_classes) (an ignore label) one-hot to zeros.
+        one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
+        return ops.concatenate([inputs, one_hot], axis=-1)
 
     # ------------------------------------------------------------------- steps
 
@@ -279,11 +315,12 @@ class MBAKT(keras.Model):
         with tf.control_dependencies([check]):
             return tf.identity(labels)
 
-    def _generator_terms(self, labels, outputs, logits, teacher):
+    def _generator_terms(self, labels, outputs, logits, teacher, ensemble):
         cfg = self.config
         ce = [losses.cross_entropy(labels, z, self.ignore_label) for z in logits]
         if not cfg.uses_branches:
             return {"ce": ce[0]}, ce[0]
+        alpha = self.distillation_weight()
         main_features = outputs[f"{branches_lib.MAIN}_features"]
         hint = [
             losses.hint(outputs[f"{b}_features"], main_features) for b in self.branch_names[1:]
@@ -293,12 +330,16 @@ class MBAKT(keras.Model):
             # keeps its full cross-entropy (BYOT), the students mix ce and kd.
             kd = [self._distillation(teacher, z, labels) for z in logits[1:]]
             students_ce = ops.sum(ops.stack(ce[1:]))
-            mixed = ce[0] + (1.0 - cfg.alpha) * students_ce
+            mixed = ce[0] + (1.0 - alpha) * students_ce
         else:
             kd = [self._distillation(teacher, z, labels) for z in logits]
-            mixed = (1.0 - cfg.alpha) * ops.sum(ops.stack(ce))
+            mixed = (1.0 - alpha) * ops.sum(ops.stack(ce))
         terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
-        total = mixed + cfg.alpha * terms["kd"] + cfg.beta * terms["hint"]
+        total = mixed + alpha * terms["kd"] + cfg.beta * terms["hint"]
+        if self.gated:
+            # ONE: the gate (and, through the gated logits, every branch) learns from the labels.
+            terms["ensemble_ce"] = losses.cross_entropy(labels, ensemble, self.ignore_label)
+            total = total + terms["ensemble_ce"]
         return terms, total
 
     def _distillation(self, teacher, student, labels):
@@ -307,6 +348,7 @@ class MBAKT(keras.Model):
         )
 
     def _discriminator_update(self, real, fakes):
+        """Updates D on stop-gradient inputs; returns (its loss, its balanced accuracy)."""
         cfg = self.config
         real = ops.stop_gradient(real)
         fake = ops.stop_gradient(ops.concatenate(fakes, axis=0))
@@ -321,15 +363,30 @@ class MBAKT(keras.Model):
                 scaled = self.d_optimizer.scale_loss(d_loss / replicas)
             variables = self.discriminator.trainable_variables
             self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return d_loss, losses.discriminator_accuracy(real_logits, fake_logits)
+        return d_loss, losses.discriminator_balanced_accuracy(real_logits, fake_logits)
+
+    def _ramped(self, weight, warmup_steps):
+        if warmup_steps == 0:
+            return ops.convert_to_tensor(weight, "float32")
+        step = ops.cast(self.optimizer.iterations, "float32") + 1.0
+        return weight * ops.minimum(1.0, step / float(warmup_steps))
 
     def adversarial_weight(self):
         """gamma(t): the adversarial weight at the current generator step."""
-        cfg = self.config
-        if cfg.adversarial_warmup_steps == 0:
-            return ops.convert_to_tensor(cfg.gamma, "float32")
-        step = ops.cast(self.optimizer.iterations, "float32") + 1.0
-        return cfg.gamma * ops.minimum(1.0, step / float(cfg.adversarial_warmup_steps))
+        return self._ramped(self.config.gamma, self.config.adversarial_warmup_steps)
+
+    def distillation_weight(self):
+        """alpha(t): the distillation weight at the current generator step.
+
+        Example:
+        ```python
+        model = MBAKT.from_backbone("small_resnet8", 10, (28, 28, 1),
+                                    config=MBAKTConfig(alpha=0.5, distillation_warmup_steps=100))
+        model.compile()
+        float(model.distillation_weight())   # 0.005 before the first step
+        ```
+        """
+        return self._ramped(self.config.alpha, self.config.distillation_warmup_steps)
 
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -339,15 +396,32 @@ class MBAKT(keras.Model):
         with tf.GradientTape() as tape:
             outputs = self.network(images, training=True)
             logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
-            teacher = self._teacher(logits) if self.config.uses_branches else None
-            terms, total = self._generator_terms(labels, outputs, logits, teacher)
+            # A second tape, on the network's outputs only, measures the adversarial
+            # gradient next to the cross-entropy's there (cheap: no backbone).
+            with tf.GradientTape(persistent=True) as probe:
+                watched = logits + [outputs[f"{b}_features"] for b in self.branch_names]
+                probe.watch(watched)
+                ensemble = self._ensemble(logits, outputs) if self.config.uses_branches else None
+                teacher = self._teacher(logits, ensemble) if self.config.uses_branches else None
+                terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
+                if self.config.uses_adversary:
+                    real, fakes = self._adversary_inputs(outputs, logits, teacher)
+                    real = self._conditioned(real, labels)
+                    fakes = [self._conditioned(f, labels) for f in fakes]
+                    with tape.stop_recording():
+                        terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(
+                            real, fakes
+                        )
+                    adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
+                    terms["adv"] = ops.sum(ops.stack(adv))
+                    weighted_adv = self.adversarial_weight() * terms["adv"]
+                    total = total + weighted_adv
             if self.config.uses_adversary:
-                real, fakes = self._adversary_inputs(outputs, logits, teacher)
                 with tape.stop_recording():
-                    terms["d_loss"], terms["d_accuracy"] = self._discriminator_update(real, fakes)
-                adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
-                terms["adv"] = ops.sum(ops.stack(adv))
-                total = total + self.adversarial_weight() * terms["adv"]
+                    terms["adv_grad_ratio"] = losses.gradient_norm_ratio(
+                        probe, weighted_adv, terms["ce"], watched
+                    )
+            del probe
             if self.network.losses:
                 total = total + ops.sum(ops.stack(self.network.losses))
             scaled = self.optimizer.scale_loss(total / replicas)
@@ -357,7 +431,7 @@ class MBAKT(keras.Model):
         self.loss_tracker.update_state(total)
         for term, value in terms.items():
             self.term_trackers[term].update_state(value)
-        self._update_accuracy(labels, logits)
+        self._update_accuracy(labels, logits, ensemble)
         return self._results(self._train_metric_names())
 
     def test_step(self, data):
@@ -365,17 +439,17 @@ class MBAKT(keras.Model):
         labels = self._check_batch(images, labels)
         outputs = self.network(images, training=False)
         logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
-        heads = self._update_accuracy(labels, logits)
+        heads = self._update_accuracy(labels, logits, self._ensemble(logits, outputs))
         for head, z in heads.items():
             self.head_loss_trackers[head].update_state(losses.cross_entropy(labels, z, self.ignore_label))
         self.loss_tracker.update_state(losses.cross_entropy(labels, logits[0], self.ignore_label))
         names = ["loss"] + [f"{h}_accuracy" for h in heads] + [f"{h}_loss" for h in heads]
         return self._results(names)
 
-    def _update_accuracy(self, labels, logits):
+    def _update_accuracy(self, labels, logits, ensemble):
         heads = dict(zip(self.branch_names, logits))
         if len(logits) > 1:
-            heads[ENSEMBLE] = self._ensemble(logits)
+            heads[ENSEMBLE] = ensemble
         for head, z in heads.items():
             self.accuracy_trackers[head].update_state(labels, z)
         return heads

@@ -135,6 +135,7 @@ def build_segmentation_network(
     with_branches=True,
     adaptation="auto",
     decoder_channels=None,
+    gated=False,
     name="mbakt_segmentation_network",
 ):
     """Builds the multi-branch encoder-decoder on `backbone` (a functional keras model).
@@ -151,6 +152,8 @@ def build_segmentation_network(
         adaptation: `"conv"`, `"separable"` or `"auto"` (separable for mobile
             backbones): the kind of the hint adaptation blocks.
         decoder_channels: see `resolve_decoder_channels`.
+        gated: adds the ensemble gate output `gate` (one softmax weight per
+            head and image, from the backbone's pooled last stage).
 
     Returns:
         A functional `keras.Model(image -> dict)`, see the module doc.
@@ -191,6 +194,8 @@ def build_segmentation_network(
             outputs[f"{branch}_features"] = hint_adaptation_block(
                 features, tuple(main_features.shape[1:]), separable, f"{branch}_adapt")
             outputs[f"{branch}_logits"] = segmentation_head(features, num_classes, height, width, branch)
+        if gated:
+            outputs["gate"] = branches_lib.ensemble_gate(stages[-1], len(chosen) + 1)
     return keras.Model(images, outputs, name=name)
 
 

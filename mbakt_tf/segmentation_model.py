@@ -36,7 +36,7 @@ from mbakt_tf import branches as branches_lib
 from mbakt_tf import segmentation
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.discriminator import patch_discriminator
-from mbakt_tf.model import ENSEMBLE, MBAKT, resolve_backbone
+from mbakt_tf.model import ENSEMBLE, MBAKT, discriminator_input_channels, resolve_backbone
 
 
 @keras.saving.register_keras_serializable(package="mbakt_tf")
@@ -83,6 +83,11 @@ class MBAKTSegmenter(MBAKT):
         if task != "segmentation":
             raise ValueError(f"MBAKTSegmenter is for task='segmentation', got {task!r}.")
         config = config or MBAKTConfig()
+        if config.uses_branches and config.resolved_branch_design("segmentation") != "exit":
+            raise ValueError(
+                f"branch_design={config.branch_design!r} is not built for segmentation yet: the "
+                "encoder-decoder has auxiliary heads on its decoder steps (branch_design='exit')."
+            )
         network = segmentation.build_segmentation_network(
             resolve_backbone(backbone, input_shape),
             num_classes,
@@ -90,14 +95,14 @@ class MBAKTSegmenter(MBAKT):
             with_branches=config.uses_branches,
             adaptation=config.adaptation,
             decoder_channels=decoder_channels,
+            gated=config.uses_gate,
         )
         discriminator = None
         if config.uses_adversary:
-            if config.adversarial_input == "probabilities":
-                channels = num_classes
-            else:
-                channels = int(network.output[f"{branches_lib.MAIN}_features"].shape[-1])
-            discriminator = patch_discriminator(channels, config.discriminator_units, name="discriminator")
+            discriminator = patch_discriminator(
+                discriminator_input_channels(config, network, num_classes), config.discriminator_units,
+                name="discriminator",
+            )
         return cls(network, discriminator, config, ignore_label=ignore_label, name=name)
 
     # ----------------------------------------------------------------- metrics
@@ -124,11 +129,11 @@ class MBAKTSegmenter(MBAKT):
             return None
         return ops.cast(ops.not_equal(labels, self.ignore_label), "float32")
 
-    def _update_accuracy(self, labels, logits):
+    def _update_accuracy(self, labels, logits, ensemble):
         """Pixel accuracy and mIoU of every head, ignored pixels left out."""
         heads = dict(zip(self.branch_names, logits))
         if len(logits) > 1:
-            heads[ENSEMBLE] = self._ensemble(logits)
+            heads[ENSEMBLE] = ensemble
         valid = self._valid_pixels(labels)
         for head, z in heads.items():
             self.accuracy_trackers[head].update_state(labels, z, sample_weight=valid)
@@ -143,9 +148,9 @@ class MBAKTSegmenter(MBAKT):
     # ------------------------------------------------------------------- steps
 
     def _adversary_inputs(self, outputs, logits, teacher):
-        """(real, [fake per branch]) maps: probability maps, or decoder feature maps."""
-        if self.config.adversarial_input == "probabilities":
-            return super()._adversary_inputs(outputs, logits, teacher)  # softmax over the last axis
+        """(real, [fake per branch]) maps: logit or probability maps, or decoder feature maps."""
+        if self.config.adversarial_input != "features":
+            return super()._adversary_inputs(outputs, logits, teacher)  # per pixel, last axis
         features = [ops.cast(outputs[f"{b}_features"], "float32") for b in self.branch_names]
         return ops.stop_gradient(ops.mean(ops.stack(features, 0), 0)), features
 

@@ -17,6 +17,7 @@ def tiny_batch(input_shape=(16, 16, 1), num_classes=4, batch=8, seed=0):
 
 def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4, **config_kwargs):
     config_kwargs.setdefault("adversarial_warmup_steps", 0)
+    config_kwargs.setdefault("distillation_warmup_steps", 0)
     model = mbakt_tf.MBAKT.from_backbone(
         backbone, num_classes=num_classes, input_shape=input_shape,
         config=mbakt_tf.MBAKTConfig(**config_kwargs),
@@ -31,6 +32,7 @@ def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4,
 def tiny_segmenter(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4, ignore_label=255,
                    **config_kwargs):
     config_kwargs.setdefault("adversarial_warmup_steps", 0)
+    config_kwargs.setdefault("distillation_warmup_steps", 0)
     config_kwargs.setdefault("discriminator_units", (8, 8))
     model = mbakt_tf.MBAKT.from_backbone(
         backbone, num_classes=num_classes, input_shape=input_shape, task="segmentation",

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,6 +29,16 @@ def test_variant_configs_and_unknown_variant():
     assert comparison.variant_config(base, "mbakt_no_hint").beta == 0.0
     assert comparison.variant_config(base, "mbakt_no_adv").gamma == 0.0
     assert comparison.variant_config(base, "mbakt_no_ensemble").resolved_teacher == "main"
+    assert comparison.variant_config(base, "mbakt_mean_teacher").ensemble == "mean"
+    assert comparison.variant_config(base, "mbakt_unconditioned_adv").discriminator_condition == "none"
+    assert comparison.variant_config(base, "mbakt_deep").branch_design == "deep"
+    assert comparison.variant_config(base, "mbakt") == dataclasses.replace(base, mode="mbakt")
+    # Published methods keep their own design whatever the base says.
+    byot = comparison.variant_config(MBAKTConfig(branch_design="peer", ensemble="gated"), "byot")
+    assert (byot.mode, byot.branch_design, byot.resolved_teacher, byot.uses_gate) == ("byot", "exit", "main", False)
+    one = comparison.variant_config(base, "one")
+    assert (one.resolved_branch_design(), one.ensemble, one.alpha, one.beta, one.gamma) == ("peer", "gated", 0.5, 0.0, 0.0)
+    assert one.uses_gate and not one.uses_adversary
     with pytest.raises(ValueError, match="Unknown variant 'mbakt_no_fun'"):
         comparison.variant_config(base, "mbakt_no_fun")
 

@@ -23,7 +23,7 @@ def test_vector_discriminator_learns_to_separate_sharp_from_soft_probabilities()
         first = float(loss) if first is None else first
         grads = tape.gradient(loss, d.trainable_variables)
         optimizer.apply_gradients(zip(grads, d.trainable_variables))
-    accuracy = float(losses.discriminator_accuracy(d(real), d(fake)))
+    accuracy = float(losses.discriminator_balanced_accuracy(d(real), d(fake)))
     assert first > 0.6
     assert float(loss) < 0.2
     assert accuracy > 0.95

@@ -37,20 +37,34 @@ def _export_config(**kwargs):
     return export.ExportConfig(**kwargs)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A trained tiny MBAKT run folder (model.keras, main_branch.keras, results.json) and its model."""
-    root = tmp_path_factory.mktemp("runs")
+def _train_tiny_run(root, run_name, **config_kwargs):
     result = training.train(
         training.TrainConfig(
             dataset="synthetic", synthetic_kwargs=SYNTHETIC, epochs=3, batch_size=32,
-            validation_fraction=0.0, learning_rate=0.05, output_dir=str(root), run_name="tiny",
+            validation_fraction=0.0, learning_rate=0.05, output_dir=str(root), run_name=run_name,
             verbose=0,
         ),
-        MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0),
+        MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0, distillation_warmup_steps=0, **config_kwargs),
     )
     assert result.test_results["main_accuracy"] > 0.5, result.test_results  # learnt something
     return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny MBAKT run folder (model.keras, main_branch.keras, results.json) and its model.
+
+    The default design: peers (copies of the last stage) and a gated teacher.
+    """
+    result = _train_tiny_run(tmp_path_factory.mktemp("runs"), "tiny")
+    assert result.model.config.resolved_branch_design() == "peer" and result.model.gated
+    return result
+
+
+@pytest.fixture(scope="module")
+def exit_run(tmp_path_factory):
+    """A tiny MBAKT run with early exits (branch_design="exit")."""
+    return _train_tiny_run(tmp_path_factory.mktemp("exit_runs"), "tiny_exit", branch_design="exit")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +88,7 @@ def main_export(run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def branch_export(run, test_images, tmp_path_factory):
+def branch_export(exit_run, test_images, tmp_path_factory):
     """Early exit 1 through the model-object API, uint8 int8 I/O."""
     from mbakt_tf import data
 
@@ -82,7 +96,7 @@ def branch_export(run, test_images, tmp_path_factory):
         "synthetic", batch_size=64, validation_fraction=0.0, augment=False, synthetic_kwargs=SYNTHETIC)
     representative = next(iter(splits.train))[0].numpy()
     return export.export_model(
-        run.model, str(tmp_path_factory.mktemp("export") / "branch_1"),
+        exit_run.model, str(tmp_path_factory.mktemp("export") / "branch_1"),
         representative_images=representative, test_images=test_images[0], test_labels=test_images[1],
         class_names=[f"class_{i}" for i in range(4)],
         config=_export_config(branch="1", formats=("float32", "int8"), int8_io="uint8"),
@@ -210,7 +224,7 @@ def test_exports_hold_no_branch_or_discriminator_variables(run, main_export):
     result, _ = main_export
     loaded = tf.saved_model.load(os.path.join(result.output_dir, "saved_model"))
     names = [v.name for v in loaded.variables]
-    assert names and not [n for n in names if n.startswith("branch_") or "discriminator" in n]
+    assert names and not [n for n in names if n.startswith(("branch_", "gate")) or "discriminator" in n]
     assert sum(int(np.prod(v.shape)) for v in loaded.variables) == run.model.main_model().count_params()
     assert run.model.main_model().count_params() < run.model.network.count_params()
     assert len(names) == len(run.model.main_model().variables)
@@ -223,9 +237,10 @@ def test_exports_hold_no_branch_or_discriminator_variables(run, main_export):
 # ----------------------------------------------------------------------------- early exit
 
 
-def test_early_exit_export_is_smaller_and_standalone(run, main_export, branch_export, test_images):
-    main, _ = main_export
+def test_early_exit_export_is_smaller_and_standalone(exit_run, main_export, branch_export, test_images):
+    main, _ = main_export  # the peer design's main branch: the same plain network
     branch = branch_export
+    run = exit_run
     assert branch.ok, branch.failed_checks
     cost, main_cost = branch.manifest["model"], main.manifest["model"]
     assert cost["branch"] == "branch_1"

@@ -78,7 +78,7 @@ def _feed(monitor, per_step, epoch_length=None):
         values = per_step[start:start + epoch_length]
         for batch in range(len(values)):
             monitor.on_train_batch_end(
-                batch, {"d_accuracy": float(np.mean(values[:batch + 1])), "d_loss": 0.01})
+                batch, {"d_balanced_accuracy": float(np.mean(values[:batch + 1])), "d_loss": 0.01})
 
 
 def test_collapse_monitor_warns_with_the_numbers(caplog):
@@ -90,7 +90,7 @@ def test_collapse_monitor_warns_with_the_numbers(caplog):
     event = monitor.events[0]
     assert event["side"] == "1" and event["steps"] == 6 and event["step"] == 42
     assert event["min"] == pytest.approx(0.99, abs=1e-6) and event["max"] == pytest.approx(1.0)
-    assert "discriminator collapse: d_accuracy has been within 0.02 of 1 for 6 steps" in caplog.text
+    assert "discriminator collapse: d_balanced_accuracy has been within 0.02 of 1 for 6 steps" in caplog.text
     assert "d_loss 0.0100" in caplog.text
 
     # Near 0, after a recovery: a second warning. Balanced accuracies: none.

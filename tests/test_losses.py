@@ -81,5 +81,17 @@ def test_discriminator_and_adversarial_losses_by_hand():
     expected = 0.5 * (bce(real, 0.9).mean() + bce(fake, 0.0).mean())
     assert float(losses.discriminator_loss(real, fake, 0.1)) == pytest.approx(expected, rel=1e-5)
     assert float(losses.adversarial(fake)) == pytest.approx(-np.log(1 / (1 + np.exp(-fake))).mean(), rel=1e-5)
-    # real 2 -> right, real -1 -> wrong; fake .5 wrong, -3 right, 1 wrong: 2 of 5.
-    assert float(losses.discriminator_accuracy(real, fake)) == pytest.approx(0.4)
+    # real: 2 right, -1 wrong (1/2); fake: .5 wrong, -3 right, 1 wrong (1/3).
+    assert float(losses.discriminator_balanced_accuracy(real, fake)) == pytest.approx((1 / 2 + 1 / 3) / 2)
+    # A constant "fake" scores 0.5 however many fakes there are per real.
+    assert float(losses.discriminator_balanced_accuracy(-np.ones(4), -np.ones(12))) == 0.5
+
+
+def test_gradient_norm_ratio_by_hand():
+    x = tf.constant([3.0, 4.0])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        small = 0.5 * tf.reduce_sum(x)  # gradient (0.5, 0.5): norm sqrt(0.5)
+        large = tf.reduce_sum(x**2)  # gradient (6, 8): norm 10
+    ratio = float(losses.gradient_norm_ratio(tape, small, large, [x]))
+    assert ratio == pytest.approx(np.sqrt(0.5) / 10, rel=1e-6)

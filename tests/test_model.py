@@ -16,27 +16,111 @@ class MBAKTModelTest(parameterized.TestCase):
     @parameterized.named_parameters(
         ("plain", "plain", 0), ("byot", "byot", 2), ("mbakt", "mbakt", 2),
         ("mbakt_features", "mbakt", 2, {"adversarial_input": "features"}),
-        ("mbakt_one_branch", "mbakt", 1, {"branch_stages": (2,)}),
+        ("mbakt_probabilities_mean", "mbakt", 2, {"adversarial_input": "probabilities", "ensemble": "mean"}),
+        ("mbakt_exit_one_branch", "mbakt", 1, {"branch_design": "exit", "branch_stages": (2,)}),
+        ("mbakt_exit_gated", "mbakt", 2, {"branch_design": "exit", "ensemble": "gated"}),
+        ("mbakt_three_peers_two_stages", "mbakt", 3, {"num_peers": 3, "peer_stages": 2}),
+        ("mbakt_deep", "mbakt", 2, {"branch_design": "deep", "discriminator_condition": "none"}),
+        ("one_style", "mbakt", 2, {"gamma": 0.0, "beta": 0.0}),
     )
     def test_modes(self, mode, expected_branches, extra=None):
         model = tiny_model(mode=mode, **(extra or {}))
         loaded = run_mbakt_model_test(
             model, self.images, self.labels, self.create_tempdir().full_path, expected_branches
         )
-        assert (loaded.discriminator is None) == (mode != "mbakt")
-        if mode == "mbakt":
+        assert (loaded.discriminator is None) == (not model.config.uses_adversary)
+        if model.config.uses_adversary:
             assert loaded.d_optimizer is not None
 
-    def test_main_branch_has_the_plain_models_parameters(self):
-        for name in ("small_resnet8", "mobilenet_v3_small"):
-            shape = (16, 16, 1) if name.startswith("small") else (32, 32, 3)
-            plain = tiny_model(name, input_shape=shape, mode="plain").main_model()
-            mbakt = tiny_model(name, input_shape=shape, mode="mbakt")
-            assert mbakt.main_model().count_params() == plain.count_params()
-            assert mbakt.network.count_params() > plain.count_params()
-            main_layers = {layer.name for layer in mbakt.main_model().layers}
-            assert not any(n.startswith("branch_") for n in main_layers)
-            assert len(mbakt.main_model().weights) == len(plain.weights)
+    @parameterized.product(
+        name=("small_resnet8", "mobilenet_v3_small", "resnet18"), design=("exit", "peer", "deep"),
+    )
+    def test_main_branch_has_the_plain_models_parameters_and_flops(self, name, design):
+        from mbakt_tf import flops
+
+        shape = (16, 16, 1) if name.startswith("small") else (32, 32, 3)
+        plain = tiny_model(name, input_shape=shape, mode="plain").main_model()
+        mbakt = tiny_model(name, input_shape=shape, mode="mbakt", branch_design=design, ensemble="gated")
+        assert mbakt.main_model().count_params() == plain.count_params()
+        assert flops.count_flops(mbakt.main_model()) == flops.count_flops(plain)
+        assert mbakt.network.count_params() > plain.count_params()
+        main_layers = {layer.name for layer in mbakt.main_model().layers}
+        assert not any(n.startswith(("branch_", "gate")) for n in main_layers)
+        assert len(mbakt.main_model().weights) == len(plain.weights)
+        # Every auxiliary branch is a standalone model (an early exit for "exit").
+        for branch in mbakt.branch_names[1:]:
+            assert tuple(mbakt.branch_model(branch).output.shape) == (None, 4)
+
+    def test_peers_copy_the_last_stages_with_fresh_weights(self):
+        model = tiny_model(mode="mbakt", branch_design="peer", num_peers=2, peer_stages=1)
+        main_stage = model.network.get_layer("stage3_block1_1_conv")
+        peer = model.network.get_layer("branch_1_stages").get_layer("stage3_block1_1_conv")
+        assert peer is not main_stage
+        assert peer.kernel.shape == main_stage.kernel.shape
+        assert not np.allclose(np.array(peer.kernel), np.array(main_stage.kernel))
+        # The trunk (stages 1-2) is shared: one copy of its weights.
+        names = [w.path for w in model.network.weights]
+        assert sum("stage2_block1_1_conv/kernel" in n for n in names) == 1
+        assert sum("stage3_block1_1_conv/kernel" in n for n in names) == 3
+        with self.assertRaisesRegex(ValueError, "peer_stages=3: this backbone has 3 stages"):
+            tiny_model(mode="mbakt", branch_design="peer", peer_stages=3)
+
+    def test_gate_weights_sum_to_one_and_make_the_ensemble(self):
+        model = tiny_model(mode="mbakt", ensemble="gated", num_peers=2)
+        outputs = model.network(self.images, training=False)
+        gate = np.array(outputs["gate"])
+        assert gate.shape == (len(self.images), 3)
+        np.testing.assert_allclose(gate.sum(-1), 1.0, rtol=1e-5)
+        assert (gate > 0).all()
+        stacked = np.stack([np.array(outputs[f"{b}_logits"]) for b in model.branch_names], -1)
+        expected = (stacked * gate[:, None, :]).sum(-1)
+        ensemble = model.branch_logits(self.images)["ensemble"]
+        np.testing.assert_allclose(np.array(ensemble), expected, rtol=1e-5, atol=1e-5)
+
+    def test_gated_objective_adds_the_ensembles_cross_entropy(self):
+        model = tiny_model(mode="mbakt", ensemble="gated", alpha=0.3, beta=0.0, gamma=0.0)
+        model.compile(g_optimizer=keras.optimizers.SGD(0.0))
+        outputs = model.network(self.images, training=True)
+        logits = [outputs[f"{b}_logits"] for b in model.branch_names]
+        gate = np.array(outputs["gate"])
+        ensemble = (np.stack([np.array(z) for z in logits], -1) * gate[:, None, :]).sum(-1)
+        ce = sum(float(losses.cross_entropy(self.labels, z)) for z in logits)
+        kd = sum(float(losses.distillation(ensemble, z, 3.0)) for z in logits)
+        ensemble_ce = float(losses.cross_entropy(self.labels, ensemble))
+        logs = model.train_on_batch(self.images, self.labels, return_dict=True)
+        np.testing.assert_allclose(logs["ensemble_ce"], ensemble_ce, rtol=1e-4)
+        np.testing.assert_allclose(logs["loss"], 0.7 * ce + 0.3 * kd + ensemble_ce, rtol=1e-4)
+
+    def test_distillation_weight_ramps_up(self):
+        model = tiny_model(mode="mbakt", alpha=0.4, distillation_warmup_steps=4)
+        weights = []
+        for _ in range(5):
+            weights.append(float(model.distillation_weight()))
+            model.train_on_batch(self.images, self.labels)
+        np.testing.assert_allclose(weights, [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)
+
+    @parameterized.parameters("logits", "probabilities", "features")
+    def test_label_conditioned_discriminator_sees_outputs_and_one_hot_label(self, adversarial_input):
+        model = tiny_model(mode="mbakt", adversarial_input=adversarial_input, discriminator_condition="label")
+        width = 4 if adversarial_input != "features" else int(model.network.output["main_features"].shape[-1])
+        assert model.discriminator.input.shape[-1] == width + 4
+        seen = []
+        original = model._conditioned
+        model._conditioned = lambda x, y: seen.append(original(x, y)) or seen[-1]
+        model.train_step((self.images, self.labels))
+        real = np.array(seen[0])
+        np.testing.assert_array_equal(real[:, width:], np.eye(4)[self.labels])
+        unconditioned = tiny_model(mode="mbakt", adversarial_input=adversarial_input, discriminator_condition="none")
+        assert unconditioned.discriminator.input.shape[-1] == width
+
+    def test_logit_discriminator_learns_and_its_gradient_is_reported(self):
+        model = tiny_model(mode="mbakt", adversarial_input="logits", gamma=1.0)
+        model.compile(g_optimizer=keras.optimizers.SGD(0.0), d_optimizer=keras.optimizers.Adam(1e-2))
+        for _ in range(30):
+            logs = model.train_on_batch(self.images, self.labels, return_dict=True)
+        # The teacher's (gated) logits differ from each branch's: D tells them apart.
+        assert logs["d_balanced_accuracy"] > 0.75
+        assert logs["adv_grad_ratio"] > 0.0
 
     def test_train_step_updates_each_network_with_its_own_optimizer(self):
         def snapshot(variables):
@@ -72,7 +156,10 @@ class MBAKTModelTest(parameterized.TestCase):
 
     @parameterized.parameters("plain", "byot", "mbakt")
     def test_reported_loss_is_the_configured_objective(self, mode):
-        model = tiny_model(mode=mode, alpha=0.3, beta=0.2, gamma=0.5)
+        model = tiny_model(
+            mode=mode, alpha=0.3, beta=0.2, gamma=0.5, branch_design="exit", ensemble="mean",
+            adversarial_input="probabilities", discriminator_condition="none",
+        )
         model.compile(g_optimizer=keras.optimizers.SGD(0.0), d_optimizer=keras.optimizers.SGD(0.0))
         outputs = model.network(self.images, training=True)
         logits = [outputs[f"{b}_logits"] for b in model.branch_names]
@@ -131,19 +218,33 @@ class MBAKTModelTest(parameterized.TestCase):
         assert len(history.history["val_ensemble_accuracy"]) == 3
         with open(csv_path) as f:
             header = f.readline()
-        assert "val_branch_2_accuracy" in header and "d_accuracy" in header
+        assert "val_branch_2_accuracy" in header and "d_balanced_accuracy" in header
 
     def test_keras_cv_backbone_object(self):
-        import keras_cv
-
-        backbone = keras_cv.models.CSPDarkNetBackbone(
-            stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
-            include_rescaling=True, input_shape=(32, 32, 3),
-        )
-        model = mbakt_tf.MBAKT.from_backbone(backbone, num_classes=3)
+        model = mbakt_tf.MBAKT.from_backbone(tiny_cspdarknet(), num_classes=3)  # peers by default
         model.compile()
         images, labels = tiny_batch((32, 32, 3), num_classes=3)
-        run_mbakt_model_test(model, images, labels, self.create_tempdir().full_path, 3)
+        run_mbakt_model_test(model, images, labels, self.create_tempdir().full_path, 2)
+
+
+def tiny_cspdarknet():
+    import keras_cv
+
+    return keras_cv.models.CSPDarkNetBackbone(
+        stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
+        include_rescaling=True, input_shape=(32, 32, 3),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design, expected_branches", [("exit", 3), ("deep", 3)])
+def test_keras_cv_backbone_object_other_designs(design, expected_branches, tmp_path):
+    model = mbakt_tf.MBAKT.from_backbone(
+        tiny_cspdarknet(), num_classes=3, config=mbakt_tf.MBAKTConfig(branch_design=design)
+    )
+    model.compile()
+    images, labels = tiny_batch((32, 32, 3), num_classes=3)
+    run_mbakt_model_test(model, images, labels, str(tmp_path), expected_branches)
 
 
 class BadInputTest(parameterized.TestCase):
@@ -169,8 +270,9 @@ class BadInputTest(parameterized.TestCase):
             model.fit(images, labels, batch_size=8, verbose=0)
 
     def test_unknown_branch_stage(self):
-        with self.assertRaisesRegex(ValueError, "branch_stages .*5.*stages \\[1, 2\\]"):
-            tiny_model(branch_stages=(5,))
+        for design in ("exit", "deep"):
+            with self.assertRaisesRegex(ValueError, "branch_stages .*5.*stages \\[1, 2\\]"):
+                tiny_model(branch_stages=(5,), branch_design=design)
 
     def test_compile_rejects_loss(self):
         model = tiny_model()
@@ -187,6 +289,11 @@ class BadInputTest(parameterized.TestCase):
         ({"discriminator_label_smoothing": 0.7}, "label_smoothing must be < 0.5"),
         ({"teacher": "oracle"}, "teacher must be one of"),
         ({"branch_stages": ()}, "branch_stages must be stage indices"),
+        ({"branch_design": "tree"}, "branch_design must be one of"),
+        ({"ensemble": "vote"}, "ensemble must be one of"),
+        ({"num_peers": 0}, "num_peers must be >= 1"),
+        ({"distillation_warmup_steps": -1}, "distillation_warmup_steps must be >= 0"),
+        ({"discriminator_condition": "class"}, "discriminator_condition must be one of"),
     )
     def test_config_rejects_nonsense(self, kwargs, message):
         with self.assertRaisesRegex(ValueError, message):

@@ -43,9 +43,8 @@ def run_segmenter_test(model, images, labels, tmp_dir, expected_branches):
         assert tuple(outputs[f"{branch}_logits"].shape) == (batch, height, width, model.num_classes)
         assert outputs[f"{branch}_features"].shape == outputs["main_features"].shape
     if model.discriminator is not None:  # PatchGAN: a map of patch scores
-        probabilities = model.config.adversarial_input == "probabilities"
-        maps = keras.ops.softmax(outputs["main_logits"]) if probabilities else outputs["main_features"]
-        scores = model.discriminator(maps)
+        real, _ = model._adversary_inputs(outputs, [outputs["main_logits"]], outputs["main_logits"])
+        scores = model.discriminator(model._conditioned(real, labels[:batch]))
         assert len(scores.shape) == 4 and scores.shape[-1] == 1
 
     history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
@@ -92,6 +91,21 @@ class SegmenterTest(parameterized.TestCase):
         loaded = run_segmenter_test(
             model, self.images, self.labels, self.create_tempdir().full_path, expected_branches)
         assert (loaded.discriminator is None) == (mode != "mbakt")
+
+    def test_gated_ensemble_weighs_each_head_per_image(self):
+        model = tiny_segmenter(mode="mbakt", ensemble="gated")
+        outputs = model.network(self.images, training=False)
+        gate = np.asarray(outputs["gate"])
+        np.testing.assert_allclose(gate.sum(-1), 1.0, rtol=1e-5)
+        stacked = np.stack([np.asarray(outputs[f"{b}_logits"]) for b in model.branch_names], -1)
+        np.testing.assert_allclose(
+            np.asarray(model.branch_logits(self.images)["ensemble"]),
+            (stacked * gate[:, None, None, None, :]).sum(-1), rtol=1e-5, atol=1e-5)
+
+    def test_peer_and_deep_designs_are_refused_with_a_clear_error(self):
+        for design in ("peer", "deep"):
+            with self.assertRaisesRegex(ValueError, f"branch_design='{design}' is not built for segmentation"):
+                tiny_segmenter(mode="mbakt", branch_design=design)
 
     def test_keras_cv_backbone_heads_are_full_resolution(self):
         # MobileNetV3: stride-2 first stage, two stages at the same resolution.

@@ -17,7 +17,10 @@ flags.DEFINE_enum("backbone", "small_resnet8", backbones.available_backbones(), 
 flags.DEFINE_list("input_shape", ["28", "28", "1"], "Image shape height,width,channels.")
 flags.DEFINE_integer("num_classes", 10, "Number of classes.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_list("variants", ["plain", "branches", "byot", "mbakt"], "Variants to time.")
+flags.DEFINE_list(
+    "variants", ["plain", "branches", "byot", "mbakt_exit", "one", "mbakt", "mbakt_deep"],
+    "Variants to time (see mbakt_tf.benchmark.VARIANTS).",
+)
 flags.DEFINE_integer("steps", 10, "Steps per timed round.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds; the median is reported.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).")

@@ -23,7 +23,11 @@ from mbakt_tf.cli import flags as cli_flags
 cli_flags.define_data_flags()
 cli_flags.define_model_flags()
 cli_flags.define_training_flags()
-flags.DEFINE_list("variants", ["plain", "byot", "mbakt"], "Variants to train: plain, byot, mbakt.")
+flags.DEFINE_list(
+    "variants", ["plain", "byot", "one", "mbakt"],
+    "Variants to train: plain, byot, one (ONE-style: peers, gated teacher, ce + kd), mbakt, an ablation "
+    "(mbakt_no_kd, ...) or a design (mbakt_exit, mbakt_peer, mbakt_deep).",
+)
 flags.DEFINE_bool(
     "ablations", False,
     "Also train each single-loss ablation of mbakt: no kd, no hint, no adv, no ensemble teacher.",

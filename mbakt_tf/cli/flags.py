@@ -6,7 +6,10 @@ Only the scripts import this module; the library never reads flags.
 from absl import flags
 
 from mbakt_tf import backbones
-from mbakt_tf.config import ADAPTATIONS, ADVERSARIAL_INPUTS, MODES, TEACHERS, MBAKTConfig
+from mbakt_tf.config import (
+    ADAPTATIONS, ADVERSARIAL_INPUTS, BRANCH_DESIGNS, DISCRIMINATOR_CONDITIONS, ENSEMBLES, MODES, TEACHERS,
+    MBAKTConfig,
+)
 from mbakt_tf.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, TrainConfig
 
 FLAGS = flags.FLAGS
@@ -38,7 +41,7 @@ def define_data_flags():
 def define_model_flags():
     flags.DEFINE_enum("backbone", "small_resnet8", backbones.available_backbones(), "Backbone name.")
     flags.DEFINE_enum("mode", "mbakt", MODES, "plain: main branch only; byot: self-distillation; mbakt: all four losses.")
-    flags.DEFINE_float("alpha", 0.2, "Weight of distillation against cross-entropy, in [0, 1].")
+    flags.DEFINE_float("alpha", 0.5, "Weight of distillation against cross-entropy, in [0, 1].")
     flags.DEFINE_float("beta", 0.05, "Weight of the feature-hint loss.")
     flags.DEFINE_float("gamma", 0.1, "Final weight of the adversarial loss.")
     flags.DEFINE_float("temperature", 3.0, "Distillation temperature.")
@@ -47,10 +50,31 @@ def define_model_flags():
     flags.DEFINE_integer("discriminator_steps", 1, "Discriminator updates per generator update.")
     flags.DEFINE_float("discriminator_label_smoothing", 0.1, "Real label of the discriminator is 1 - this.")
     flags.DEFINE_list("discriminator_units", ["64", "64"], "Hidden widths of the discriminator MLP.")
-    flags.DEFINE_enum("adversarial_input", "probabilities", ADVERSARIAL_INPUTS, "What the discriminator sees.")
+    flags.DEFINE_enum("adversarial_input", "logits", ADVERSARIAL_INPUTS, "What the discriminator sees.")
     flags.DEFINE_enum("teacher", None, TEACHERS, "Distillation teacher (default: main for byot, ensemble for mbakt).")
     flags.DEFINE_list("branch_stages", None, "Stage indices (1 = shallowest) with a branch; default: deepest 3 before the last.")
     flags.DEFINE_enum("adaptation", "auto", ADAPTATIONS, "Adaptation block kind.")
+    defaults = MBAKTConfig()
+    flags.DEFINE_enum(
+        "branch_design", defaults.branch_design, BRANCH_DESIGNS,
+        "exit: adaptation block + head on earlier stages; peer: copies of the last --peer_stages "
+        "stages on the shared trunk (ONE); deep: each branch copies every stage after its own "
+        "(default: peer for classification, exit for segmentation).",
+    )
+    flags.DEFINE_integer("peer_stages", defaults.peer_stages, "How many of the last stages a peer copies.")
+    flags.DEFINE_integer("num_peers", defaults.num_peers, "Number of peers (--branch_design=peer).")
+    flags.DEFINE_enum(
+        "ensemble", defaults.ensemble, ENSEMBLES,
+        "Ensemble teacher: mean of the branch logits, or gated (ONE's learned softmax over branches).",
+    )
+    flags.DEFINE_integer(
+        "distillation_warmup_steps", defaults.distillation_warmup_steps,
+        "Steps over which the distillation weight alpha ramps up from 0.",
+    )
+    flags.DEFINE_enum(
+        "discriminator_condition", defaults.discriminator_condition, DISCRIMINATOR_CONDITIONS,
+        "label: the discriminator also sees the one-hot label (conditional GAN).",
+    )
 
 
 def define_training_flags():
@@ -100,7 +124,7 @@ def define_distribution_flags():
     )
     flags.DEFINE_integer(
         "collapse_patience", 200,
-        "Warn when d_accuracy stays near 0 or 1 for this many steps (0: never).",
+        "Warn when d_balanced_accuracy stays near 0 or 1 for this many steps (0: never).",
     )
 
 
@@ -135,6 +159,12 @@ def mbakt_config_from_flags():
         teacher=FLAGS.teacher,
         branch_stages=_int_list(FLAGS.branch_stages),
         adaptation=FLAGS.adaptation,
+        branch_design=FLAGS.branch_design,
+        peer_stages=FLAGS.peer_stages,
+        num_peers=FLAGS.num_peers,
+        ensemble=FLAGS.ensemble,
+        distillation_warmup_steps=FLAGS.distillation_warmup_steps,
+        discriminator_condition=FLAGS.discriminator_condition,
     )
 
 
