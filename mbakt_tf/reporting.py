@@ -116,3 +116,68 @@ def plot_validation_curves(runs, path, variants=None, metric="accuracy"):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def gain_over_plain(results, metric="accuracy"):
+    """{variant: {"mean", "std", "n"}} of the main branch's gain over plain, paired by seed.
+
+    `results` is a `compare.py` results.json (dict): for every seed that both
+    a variant and plain finished, the difference of their main-branch test
+    `metric`; mean and sample std over those seeds, in points (x 100).
+
+    Example:
+    >>> runs = {f"{v}_seed{s}": {"test": {"main_accuracy": a}}
+    ...         for v, s, a in [("plain", 0, .80), ("plain", 1, .82), ("one", 0, .81), ("one", 1, .84)]}
+    >>> gain_over_plain({"runs": runs})["one"]["mean"]  # doctest: +ELLIPSIS
+    1.5...
+    """
+    import numpy as np
+
+    by_variant = {}
+    for name, result in results["runs"].items():
+        variant, seed = name.rsplit("_seed", 1)
+        by_variant.setdefault(variant, {})[int(seed)] = 100 * result["test"][f"main_{metric}"]
+    plain = by_variant.get("plain", {})
+    gains = {}
+    for variant, by_seed in by_variant.items():
+        diffs = [by_seed[s] - plain[s] for s in sorted(by_seed) if s in plain]
+        if variant == "plain" or not diffs:
+            continue
+        gains[variant] = {
+            "mean": float(np.mean(diffs)),
+            "std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+            "n": len(diffs),
+        }
+    return gains
+
+
+def plot_gain_over_plain(points, path, metric="accuracy"):
+    """Main-branch gain over plain (points) against training-set size, one line per variant.
+
+    `points` maps a training-set size to that comparison's `gain_over_plain`
+    dict; error bars are the std over seeds of the paired differences.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(points)
+    variants = sorted({v for gains in points.values() for v in gains})
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for variant in variants:
+        xs = [n for n in sizes if variant in points[n]]
+        ys = [points[n][variant]["mean"] for n in xs]
+        errors = [points[n][variant]["std"] for n in xs]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=variant)
+    ax.axhline(0.0, color="gray", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([f"{n:,}" for n in sizes])
+    ax.set_xlabel("training images")
+    ax.set_ylabel(f"main-branch test {metric} - plain (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mbakt_tf import comparison, reporting
@@ -114,3 +115,34 @@ def test_compare_script_on_synthetic_data_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("finished before, read from disk") == 4
     assert json.loads((out / "results.json").read_text())["summary"] == summary
+
+    # The gain-over-plain plot reads the same results.json.
+    png = tmp_path / "gain.png"
+    gain = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "gain_plot.py"), f"--compare_dirs={out}", f"--output={png}"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )
+    assert gain.returncode == 0, gain.stderr[-3000:]
+    assert "mbakt" in gain.stdout and "(2 seeds)" in gain.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "gain_plot.py"), f"--compare_dirs={tmp_path / 'none'}"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )
+    assert missing.returncode == 2 and "run scripts/compare.py for it first" in missing.stderr
+
+
+def test_gain_over_plain_pairs_seeds():
+    runs = {
+        f"{variant}_seed{seed}": {"test": {"main_accuracy": accuracy}}
+        for variant, seed, accuracy in [
+            ("plain", 0, 0.80), ("plain", 1, 0.82), ("plain", 2, 0.90),
+            ("one", 0, 0.81), ("one", 1, 0.84),  # seed 2 unfinished: left out
+            ("mbakt_no_kd", 3, 0.99),  # no plain run for seed 3: no gain
+        ]
+    }
+    gains = reporting.gain_over_plain({"runs": runs})
+    assert set(gains) == {"one"}
+    assert gains["one"]["n"] == 2
+    assert gains["one"]["mean"] == pytest.approx(1.5)
+    assert gains["one"]["std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
