@@ -80,12 +80,12 @@ def _randomize(model, seed=0):
 
 @pytest.fixture(scope="module")
 def family_bridges(tmp_path_factory):
-    """Keras 3 side: the main branch of a plain MBAKT model on each family, described for tf_keras."""
+    """Keras 3 side: the main branch of an MBAKT model (peer design) on each family, described for tf_keras."""
     root = tmp_path_factory.mktemp("bridges")
     described = {}
     for name, build in _tiny_backbones().items():
         model = mbakt_tf.MBAKT.from_backbone(
-            build(), num_classes=5, config=mbakt_tf.MBAKTConfig(mode="plain"))
+            build(), num_classes=5, config=mbakt_tf.MBAKTConfig(mode="mbakt", branch_design="peer"))
         main = model.main_model()
         _randomize(main)
         directory = str(root / name)
