@@ -38,6 +38,7 @@ ABLATIONS = {
     "mbakt_no_adv": dict(gamma=0.0),
     "mbakt_no_ensemble": dict(teacher="main"),
     "mbakt_mean_teacher": dict(ensemble="mean"),
+    "mbakt_detached_gate": dict(ensemble="gated_detached"),
     "mbakt_unconditioned_adv": dict(discriminator_condition="none"),
 }
 # Other designs of the same method, for choosing defaults (not in --ablations).

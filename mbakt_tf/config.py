@@ -8,7 +8,7 @@ TEACHERS = ("ensemble", "main")
 ADAPTATIONS = ("auto", "conv", "separable")
 ADVERSARIAL_INPUTS = ("logits", "probabilities", "features")
 BRANCH_DESIGNS = ("exit", "peer", "deep")
-ENSEMBLES = ("mean", "gated")
+ENSEMBLES = ("mean", "gated", "gated_detached")
 DISCRIMINATOR_CONDITIONS = ("none", "label")
 
 
@@ -67,8 +67,12 @@ class MBAKTConfig:
         ensemble: the ensemble teacher, `"mean"` of all branch logits or
             `"gated"` (ONE: softmax weights over branches from the shared
             trunk's pooled features, trained by a cross-entropy on the gated
-            logits). With `teacher="main"` there is no gate: the ensemble
-            metric is then the mean.
+            logits, which also reach every branch, as in ONE), or
+            `"gated_detached"` (the same gate, but its cross-entropy sees
+            stop-gradient branch logits: only the gate learns from it, so the
+            branch the gate favours gets no extra supervision). With
+            `teacher="main"` there is no gate: the ensemble metric is then
+            the mean.
         distillation_warmup_steps: optimizer steps over which alpha ramps
             linearly from 0 (0: full alpha from the first step).
         discriminator_condition: `"label"` concatenates the one-hot label to
@@ -170,7 +174,11 @@ class MBAKTConfig:
     @property
     def uses_gate(self):
         """True when a learned gate forms the ensemble teacher (not with `teacher="main"`)."""
-        return self.uses_branches and self.ensemble == "gated" and self.resolved_teacher == "ensemble"
+        return (
+            self.uses_branches
+            and self.ensemble in ("gated", "gated_detached")
+            and self.resolved_teacher == "ensemble"
+        )
 
     @property
     def resolved_teacher(self):

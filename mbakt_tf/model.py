@@ -337,7 +337,10 @@ class MBAKT(keras.Model):
         terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
         total = mixed + alpha * terms["kd"] + cfg.beta * terms["hint"]
         if self.gated:
-            # ONE: the gate (and, through the gated logits, every branch) learns from the labels.
+            # ONE: the gate (and, through the gated logits, every branch) learns from the labels;
+            # "gated_detached": the gate alone.
+            if cfg.ensemble == "gated_detached":
+                ensemble = self._ensemble([ops.stop_gradient(z) for z in logits], outputs)
             terms["ensemble_ce"] = losses.cross_entropy(labels, ensemble, self.ignore_label)
             total = total + terms["ensemble_ce"]
         return terms, total

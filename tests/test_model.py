@@ -91,6 +91,22 @@ class MBAKTModelTest(parameterized.TestCase):
         np.testing.assert_allclose(logs["ensemble_ce"], ensemble_ce, rtol=1e-4)
         np.testing.assert_allclose(logs["loss"], 0.7 * ce + 0.3 * kd + ensemble_ce, rtol=1e-4)
 
+    @parameterized.parameters(("gated", False), ("gated_detached", True))
+    def test_gate_cross_entropy_reaches_the_branches_only_in_one_style(self, ensemble, gate_only):
+        import tensorflow as tf
+
+        model = tiny_model(mode="mbakt", ensemble=ensemble, alpha=0.0, beta=0.0, gamma=0.0)
+        head = model.network.get_layer("branch_1_logits").kernel
+        gate = model.network.get_layer("gate").kernel
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = model.network(self.images, training=True)
+            logits = [outputs[f"{b}_logits"] for b in model.branch_names]
+            ensemble_logits = model._ensemble(logits, outputs)
+            terms, _ = model._generator_terms(self.labels, outputs, logits, ensemble_logits, ensemble_logits)
+        head_gradient = tape.gradient(terms["ensemble_ce"], head)
+        assert tape.gradient(terms["ensemble_ce"], gate) is not None
+        assert (head_gradient is None) == gate_only
+
     def test_distillation_weight_ramps_up(self):
         model = tiny_model(mode="mbakt", alpha=0.4, distillation_warmup_steps=4)
         weights = []

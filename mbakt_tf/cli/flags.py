@@ -65,7 +65,8 @@ def define_model_flags():
     flags.DEFINE_integer("num_peers", defaults.num_peers, "Number of peers (--branch_design=peer).")
     flags.DEFINE_enum(
         "ensemble", defaults.ensemble, ENSEMBLES,
-        "Ensemble teacher: mean of the branch logits, or gated (ONE's learned softmax over branches).",
+        "Ensemble teacher: mean of the branch logits, gated (ONE's learned softmax over branches, whose "
+        "cross-entropy also trains the branches) or gated_detached (the gate alone learns from it).",
     )
     flags.DEFINE_integer(
         "distillation_warmup_steps", defaults.distillation_warmup_steps,
