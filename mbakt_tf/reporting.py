@@ -12,7 +12,15 @@ print(text_table([("format", "size"), ("int8", format_size(181_248))]))
 import json
 import os
 
-HEAD_ORDER = ("main", "branch_1", "branch_2", "branch_3", "branch_4", "ensemble")
+def head_order(heads):
+    """`heads` as `main`, `branch_1`, `branch_2`, ... (numerically), `ensemble`.
+
+    Example:
+    >>> head_order({"ensemble", "branch_10", "branch_2", "main"})
+    ['main', 'branch_2', 'branch_10', 'ensemble']
+    """
+    branches = sorted((h for h in heads if h.startswith("branch_")), key=lambda h: int(h.split("_")[1]))
+    return [h for h in ["main"] if h in heads] + branches + [h for h in ["ensemble"] if h in heads]
 
 
 def write_json(value, path):
@@ -66,7 +74,7 @@ def markdown_table(summary, variants=None, metric="accuracy"):
     mean ± sample std over seeds, in percent.
     """
     variants = variants or list(summary)
-    heads = [h for h in HEAD_ORDER if any(h in summary[v][metric] for v in variants)]
+    heads = head_order({h for v in variants for h in summary[v][metric]})
     header = (
         ["variant", "seeds"] + [f"{h} {METRIC_LABELS.get(metric, metric)} (%)" for h in heads]
         + ["main params", "main MFLOPs", "train time (s)"]
@@ -99,7 +107,9 @@ def plot_validation_curves(runs, path, variants=None, metric="accuracy"):
     fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), sharey=True, squeeze=False)
     for ax, variant in zip(axes[0], variants):
         histories = by_variant[variant]
-        for head in HEAD_ORDER:
+        heads = {k[len("val_"): -len(f"_{metric}")] for h in histories for k in h
+                 if k.startswith("val_") and k.endswith(f"_{metric}")}
+        for head in head_order(heads):
             key = f"val_{head}_{metric}"
             curves = [h[key] for h in histories if key in h]
             if not curves:

@@ -146,3 +146,13 @@ def test_gain_over_plain_pairs_seeds():
     assert gains["one"]["n"] == 2
     assert gains["one"]["mean"] == pytest.approx(1.5)
     assert gains["one"]["std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
+
+
+def test_tables_and_plots_keep_every_branch():
+    runs = {("one", 0): fake_result(0.80)}
+    for k in range(1, 7):  # six peers: none may drop out of the table or the plot
+        runs[("one", 0)]["test"][f"branch_{k}_accuracy"] = 0.7
+    summary = comparison.summarize(runs)
+    header = reporting.markdown_table(summary).splitlines()[0]
+    assert "branch_6 acc." in header and header.index("branch_2 acc.") < header.index("branch_6 acc.")
+    assert reporting.head_order({"branch_10", "main", "branch_9"}) == ["main", "branch_9", "branch_10"]
