@@ -31,6 +31,7 @@ Example:
 import math
 
 import keras
+import numpy as np
 
 from mbakt_tf import backbones as backbones_lib
 
@@ -50,10 +51,22 @@ def classification_head(features, num_classes, name):
     return keras.layers.Dense(num_classes, dtype="float32", name=f"{name}_logits")(pooled)
 
 
-def ensemble_gate(trunk_features, num_branches, name="gate"):
-    """ONE's gate: softmax weights over the branches from the shared trunk's pooled features."""
+def ensemble_gate(trunk_features, num_branches, main_weight=None, name="gate"):
+    """ONE's gate: softmax weights over the branches from the shared trunk's pooled features.
+
+    `main_weight` (in (0, 1)): the gate starts (zero kernel, bias) at this
+    weight for the main branch (index 0) for every image, the others sharing
+    the rest; `None` keeps Keras's initialisation (about uniform).
+    """
     pooled = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(trunk_features)
-    return keras.layers.Dense(num_branches, activation="softmax", dtype="float32", name=name)(pooled)
+    layer = keras.layers.Dense(num_branches, activation="softmax", dtype="float32", name=name)
+    weights = layer(pooled)
+    if main_weight is not None:
+        bias = np.zeros(num_branches, "float32")
+        bias[0] = math.log(main_weight * (num_branches - 1) / (1.0 - main_weight))
+        layer.bias.assign(bias)
+        layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))  # the prior holds for every image
+    return weights
 
 
 def copy_of_stages(backbone, stages, first_stage, name):
@@ -150,6 +163,7 @@ def build_multi_branch_network(
     peer_stages=1,
     num_peers=2,
     gated=False,
+    gate_main_weight=None,
     name="mbakt_network",
 ):
     """Builds the multi-branch network on `backbone` (a functional keras model).
@@ -170,6 +184,8 @@ def build_multi_branch_network(
         num_peers: number of peers (`"peer"` only).
         gated: adds the ensemble gate output `gate` (ONE), computed from the
             pooled features where the branches split from the main branch.
+        gate_main_weight: the main branch's initial gate weight (see
+            `ensemble_gate`).
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
@@ -203,7 +219,7 @@ def build_multi_branch_network(
     else:
         raise ValueError(f"Unknown branch_design {branch_design!r}; known: 'exit', 'peer', 'deep'.")
     if gated:
-        outputs["gate"] = ensemble_gate(split, len(branch_names_of(outputs)))
+        outputs["gate"] = ensemble_gate(split, len(branch_names_of(outputs)), gate_main_weight)
     return keras.Model(images, outputs, name=name)
 
 

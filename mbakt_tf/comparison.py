@@ -39,10 +39,12 @@ ABLATIONS = {
     "mbakt_no_ensemble": dict(teacher="main"),
     "mbakt_mean_teacher": dict(ensemble="mean"),
     "mbakt_detached_gate": dict(ensemble="gated_detached"),
+    "mbakt_uniform_gate": dict(gate_main_weight=None),
     "mbakt_unconditioned_adv": dict(discriminator_condition="none"),
 }
 # Other designs of the same method, for choosing defaults (not in --ablations).
 DESIGNS = {
+    "mbakt_main_gate": dict(ensemble="gated", gate_main_weight=0.8),
     "mbakt_exit": dict(branch_design="exit"),
     "mbakt_peer": dict(branch_design="peer"),
     "mbakt_deep": dict(branch_design="deep"),

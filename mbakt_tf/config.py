@@ -73,6 +73,12 @@ class MBAKTConfig:
             branch the gate favours gets no extra supervision). With
             `teacher="main"` there is no gate: the ensemble metric is then
             the mean.
+        gate_main_weight: the main branch's weight in the gate at the start
+            (e.g. 0.8), the other branches sharing the rest; `None` starts
+            uniform. ONE's gate settles on one branch (weight > 0.9), which
+            then also gets most of the gated cross-entropy's supervision and
+            ends up the best head: starting the gate on the main branch makes
+            that the branch that ships.
         distillation_warmup_steps: optimizer steps over which alpha ramps
             linearly from 0 (0: full alpha from the first step).
         discriminator_condition: `"label"` concatenates the one-hot label to
@@ -102,6 +108,7 @@ class MBAKTConfig:
     peer_stages: int = 1
     num_peers: int = 2
     ensemble: str = "gated"
+    gate_main_weight: Optional[float] = None
     distillation_warmup_steps: int = 500
     discriminator_condition: str = "label"
 
@@ -120,6 +127,10 @@ class MBAKTConfig:
             _check_choice("branch_design", self.branch_design, BRANCH_DESIGNS)
         _check_choice("ensemble", self.ensemble, ENSEMBLES)
         _check_choice("discriminator_condition", self.discriminator_condition, DISCRIMINATOR_CONDITIONS)
+        if self.gate_main_weight is not None and not 0.0 < self.gate_main_weight < 1.0:
+            raise ValueError(
+                f"MBAKTConfig.gate_main_weight must be in (0, 1) or None, got {self.gate_main_weight}."
+            )
         for name in ("peer_stages", "num_peers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MBAKTConfig.{name} must be >= 1, got {getattr(self, name)}.")

@@ -128,6 +128,7 @@ class MBAKT(keras.Model):
             peer_stages=config.peer_stages,
             num_peers=config.num_peers,
             gated=config.uses_gate,
+            gate_main_weight=config.gate_main_weight,
         )
         discriminator = None
         if config.uses_adversary:

@@ -136,6 +136,7 @@ def build_segmentation_network(
     adaptation="auto",
     decoder_channels=None,
     gated=False,
+    gate_main_weight=None,
     name="mbakt_segmentation_network",
 ):
     """Builds the multi-branch encoder-decoder on `backbone` (a functional keras model).
@@ -154,6 +155,7 @@ def build_segmentation_network(
         decoder_channels: see `resolve_decoder_channels`.
         gated: adds the ensemble gate output `gate` (one softmax weight per
             head and image, from the backbone's pooled last stage).
+        gate_main_weight: the main head's initial gate weight.
 
     Returns:
         A functional `keras.Model(image -> dict)`, see the module doc.
@@ -195,7 +197,7 @@ def build_segmentation_network(
                 features, tuple(main_features.shape[1:]), separable, f"{branch}_adapt")
             outputs[f"{branch}_logits"] = segmentation_head(features, num_classes, height, width, branch)
         if gated:
-            outputs["gate"] = branches_lib.ensemble_gate(stages[-1], len(chosen) + 1)
+            outputs["gate"] = branches_lib.ensemble_gate(stages[-1], len(chosen) + 1, gate_main_weight)
     return keras.Model(images, outputs, name=name)
 
 

@@ -96,6 +96,7 @@ class MBAKTSegmenter(MBAKT):
             adaptation=config.adaptation,
             decoder_channels=decoder_channels,
             gated=config.uses_gate,
+            gate_main_weight=config.gate_main_weight,
         )
         discriminator = None
         if config.uses_adversary:

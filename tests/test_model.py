@@ -107,6 +107,15 @@ class MBAKTModelTest(parameterized.TestCase):
         assert tape.gradient(terms["ensemble_ce"], gate) is not None
         assert (head_gradient is None) == gate_only
 
+    def test_gate_can_start_on_the_main_branch(self):
+        model = tiny_model(mode="mbakt", ensemble="gated", gate_main_weight=0.8)
+        gate = np.array(model.network(self.images, training=False)["gate"])
+        np.testing.assert_allclose(gate, np.tile([0.8, 0.1, 0.1], (len(gate), 1)), rtol=1e-5)
+        restored = mbakt_tf.MBAKT.from_config(model.get_config())
+        assert restored.config.gate_main_weight == 0.8
+        with self.assertRaisesRegex(ValueError, "gate_main_weight must be in \\(0, 1\\)"):
+            mbakt_tf.MBAKTConfig(gate_main_weight=1.0)
+
     def test_distillation_weight_ramps_up(self):
         model = tiny_model(mode="mbakt", alpha=0.4, distillation_warmup_steps=4)
         weights = []

@@ -68,6 +68,10 @@ def define_model_flags():
         "Ensemble teacher: mean of the branch logits, gated (ONE's learned softmax over branches, whose "
         "cross-entropy also trains the branches) or gated_detached (the gate alone learns from it).",
     )
+    flags.DEFINE_float(
+        "gate_main_weight", defaults.gate_main_weight,
+        "The main branch's weight in the gate at the start (e.g. 0.8); unset: uniform.",
+    )
     flags.DEFINE_integer(
         "distillation_warmup_steps", defaults.distillation_warmup_steps,
         "Steps over which the distillation weight alpha ramps up from 0.",
@@ -164,6 +168,7 @@ def mbakt_config_from_flags():
         peer_stages=FLAGS.peer_stages,
         num_peers=FLAGS.num_peers,
         ensemble=FLAGS.ensemble,
+        gate_main_weight=FLAGS.gate_main_weight,
         distillation_warmup_steps=FLAGS.distillation_warmup_steps,
         discriminator_condition=FLAGS.discriminator_condition,
     )
