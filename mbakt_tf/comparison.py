@@ -26,10 +26,10 @@ VARIANTS = ("plain", "byot", "one", "mbakt")
 METHODS = {
     # BYOT (Zhang et al. 2019): exits on earlier stages, the deepest classifier teaches.
     "byot": dict(mode="byot", branch_design="exit", ensemble="mean", teacher="main"),
-    # ONE (Lan et al. 2018): peers on a shared trunk, gated ensemble teacher, ce + kd only.
+    # ONE (Lan et al. 2018): peers on a shared trunk, gated ensemble teacher (uniform start), ce + kd only.
     "one": dict(
-        mode="mbakt", branch_design="peer", ensemble="gated", teacher="ensemble", alpha=0.5,
-        beta=0.0, gamma=0.0,
+        mode="mbakt", branch_design="peer", ensemble="gated", gate_main_weight=None, teacher="ensemble",
+        alpha=0.5, beta=0.0, gamma=0.0,
     ),
 }
 ABLATIONS = {
@@ -44,7 +44,7 @@ ABLATIONS = {
 }
 # Other designs of the same method, for choosing defaults (not in --ablations).
 DESIGNS = {
-    "mbakt_main_gate": dict(ensemble="gated", gate_main_weight=0.8),
+    "mbakt_main_gate": dict(ensemble="gated", gate_main_weight=0.8),  # the default since it was measured
     "mbakt_exit": dict(branch_design="exit"),
     "mbakt_peer": dict(branch_design="peer"),
     "mbakt_deep": dict(branch_design="deep"),

@@ -26,8 +26,9 @@ class MBAKTConfig:
     over the auxiliary branches only.
 
     The defaults are the design measured best on Fashion-MNIST (README, "Does
-    it work?"): two peers, a gated teacher, a label-conditioned discriminator
-    on logits.
+    it work?", chosen on the validation split): two peers, a gated teacher
+    whose gate starts on the main branch, a label-conditioned discriminator on
+    logits.
 
     Args:
         mode: `"plain"` (main branch only, cross-entropy), `"byot"` (branches,
@@ -108,7 +109,7 @@ class MBAKTConfig:
     peer_stages: int = 1
     num_peers: int = 2
     ensemble: str = "gated"
-    gate_main_weight: Optional[float] = None
+    gate_main_weight: Optional[float] = 0.8
     distillation_warmup_steps: int = 500
     discriminator_condition: str = "label"
 

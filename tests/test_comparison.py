@@ -39,7 +39,9 @@ def test_variant_configs_and_unknown_variant():
     assert (byot.mode, byot.branch_design, byot.resolved_teacher, byot.uses_gate) == ("byot", "exit", "main", False)
     one = comparison.variant_config(base, "one")
     assert (one.resolved_branch_design(), one.ensemble, one.alpha, one.beta, one.gamma) == ("peer", "gated", 0.5, 0.0, 0.0)
-    assert one.uses_gate and not one.uses_adversary
+    assert one.uses_gate and not one.uses_adversary and one.gate_main_weight is None
+    assert comparison.variant_config(MBAKTConfig(), "mbakt_uniform_gate").gate_main_weight is None
+    assert MBAKTConfig().gate_main_weight == 0.8
     with pytest.raises(ValueError, match="Unknown variant 'mbakt_no_fun'"):
         comparison.variant_config(base, "mbakt_no_fun")
 

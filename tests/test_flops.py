@@ -34,12 +34,14 @@ def test_main_branch_costs_exactly_the_plain_network():
     plain = mbakt_tf.MBAKT.from_backbone(
         "small_resnet8", 10, (28, 28, 1), config=mbakt_tf.MBAKTConfig(mode="plain")
     )
-    mbakt = mbakt_tf.MBAKT.from_backbone("small_resnet8", 10, (28, 28, 1))
+    mbakt = mbakt_tf.MBAKT.from_backbone("small_resnet8", 10, (28, 28, 1))  # peers
+    exits = mbakt_tf.MBAKT.from_backbone("small_resnet8", 10, (28, 28, 1), config=mbakt_tf.MBAKTConfig(branch_design="exit"))
     plain_flops = flops.count_flops(plain.main_model())
     assert plain_flops > 10_000_000
-    assert flops.count_flops(mbakt.main_model()) == plain_flops
-    assert flops.count_flops(mbakt.network) > plain_flops
-    assert flops.count_flops(mbakt.branch_model("branch_1")) < plain_flops
+    assert flops.count_flops(mbakt.main_model()) == plain_flops == flops.count_flops(exits.main_model())
+    assert flops.count_flops(mbakt.network) > flops.count_flops(exits.network) > plain_flops
+    assert flops.count_flops(mbakt.branch_model("branch_1")) == plain_flops  # a peer: the same network
+    assert flops.count_flops(exits.branch_model("branch_1")) < plain_flops  # an early exit: cheaper
 
 
 def test_nested_sequential_is_counted():

@@ -70,7 +70,7 @@ def define_model_flags():
     )
     flags.DEFINE_float(
         "gate_main_weight", defaults.gate_main_weight,
-        "The main branch's weight in the gate at the start (e.g. 0.8); unset: uniform.",
+        "The main branch's weight in the gate at the start; 0: Keras's initialisation (about uniform, as in ONE).",
     )
     flags.DEFINE_integer(
         "distillation_warmup_steps", defaults.distillation_warmup_steps,
@@ -168,7 +168,7 @@ def mbakt_config_from_flags():
         peer_stages=FLAGS.peer_stages,
         num_peers=FLAGS.num_peers,
         ensemble=FLAGS.ensemble,
-        gate_main_weight=FLAGS.gate_main_weight,
+        gate_main_weight=FLAGS.gate_main_weight or None,
         distillation_warmup_steps=FLAGS.distillation_warmup_steps,
         discriminator_condition=FLAGS.discriminator_condition,
     )
