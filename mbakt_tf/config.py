@@ -27,8 +27,9 @@ class MBAKTConfig:
 
     The defaults are the design measured best on Fashion-MNIST (README, "Does
     it work?", chosen on the validation split): two peers, a gated teacher
-    whose gate starts on the main branch, a label-conditioned discriminator on
-    logits.
+    whose gate starts on the main branch, hints, a label-conditioned
+    discriminator on logits, and no KL term (`alpha=0`: with 1,000 training
+    images it cost 0.4 points on validation; set `alpha=0.5` for it).
 
     Args:
         mode: `"plain"` (main branch only, cross-entropy), `"byot"` (branches,
@@ -92,7 +93,7 @@ class MBAKTConfig:
     """
 
     mode: str = "mbakt"
-    alpha: float = 0.5
+    alpha: float = 0.0
     beta: float = 0.05
     gamma: float = 0.1
     temperature: float = 3.0

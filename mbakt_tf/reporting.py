@@ -180,8 +180,11 @@ def plot_gain_over_plain(points, path, metric="accuracy"):
         ys = [points[n][variant]["mean"] for n in xs]
         errors = [points[n][variant]["std"] for n in xs]
         ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=variant)
+        for x, y, n in zip(xs, ys, [points[n][variant]["n"] for n in xs]):
+            ax.annotate(f"{n} seed{'s' if n > 1 else ''}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(0.0, color="gray", linewidth=1)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sizes)
     ax.set_xticklabels([f"{n:,}" for n in sizes])
     ax.set_xlabel("training images")

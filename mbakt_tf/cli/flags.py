@@ -41,7 +41,7 @@ def define_data_flags():
 def define_model_flags():
     flags.DEFINE_enum("backbone", "small_resnet8", backbones.available_backbones(), "Backbone name.")
     flags.DEFINE_enum("mode", "mbakt", MODES, "plain: main branch only; byot: self-distillation; mbakt: all four losses.")
-    flags.DEFINE_float("alpha", 0.5, "Weight of distillation against cross-entropy, in [0, 1].")
+    flags.DEFINE_float("alpha", 0.0, "Weight of distillation against cross-entropy, in [0, 1].")
     flags.DEFINE_float("beta", 0.05, "Weight of the feature-hint loss.")
     flags.DEFINE_float("gamma", 0.1, "Final weight of the adversarial loss.")
     flags.DEFINE_float("temperature", 3.0, "Distillation temperature.")
