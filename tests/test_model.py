@@ -116,14 +116,6 @@ class MBAKTModelTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "gate_main_weight must be in \\(0, 1\\)"):
             mbakt_tf.MBAKTConfig(gate_main_weight=1.0)
 
-    def test_distillation_weight_ramps_up(self):
-        model = tiny_model(mode="mbakt", alpha=0.4, distillation_warmup_steps=4)
-        weights = []
-        for _ in range(5):
-            weights.append(float(model.distillation_weight()))
-            model.train_on_batch(self.images, self.labels)
-        np.testing.assert_allclose(weights, [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)
-
     @parameterized.parameters("logits", "probabilities", "features")
     def test_label_conditioned_discriminator_sees_outputs_and_one_hot_label(self, adversarial_input):
         model = tiny_model(mode="mbakt", adversarial_input=adversarial_input, discriminator_condition="label")
@@ -216,11 +208,15 @@ class MBAKTModelTest(parameterized.TestCase):
             np.testing.assert_allclose(logs["adv"], adv, rtol=1e-4)
             np.testing.assert_allclose(logs["loss"], expected + 0.5 * adv, rtol=1e-4)
 
-    def test_adversarial_weight_ramps_up(self):
-        model = tiny_model(mode="mbakt", gamma=0.4, adversarial_warmup_steps=4)
+    @parameterized.parameters(
+        ("adversarial_weight", {"gamma": 0.4, "adversarial_warmup_steps": 4}),
+        ("distillation_weight", {"alpha": 0.4, "distillation_warmup_steps": 4}),
+    )
+    def test_loss_weight_ramps_up(self, weight, config):
+        model = tiny_model(mode="mbakt", **config)
         weights = []
         for _ in range(5):
-            weights.append(float(model.adversarial_weight()))
+            weights.append(float(getattr(model, weight)()))
             model.train_on_batch(self.images, self.labels)
         np.testing.assert_allclose(weights, [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)
 
