@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mbakt_tf import flops
+from mbakt_tf import comparison, flops
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.model import MBAKT
 
@@ -45,7 +45,7 @@ VARIANTS = {
     "branches": dict(mode="byot", alpha=0.0, beta=0.0, **_EXIT),
     "byot": dict(mode="byot", **_EXIT),
     "mbakt_exit": dict(mode="mbakt", **_EXIT),
-    "one": dict(mode="mbakt", branch_design="peer", ensemble="gated", beta=0.0, gamma=0.0),
+    "one": comparison.METHODS["one"],
     "mbakt": dict(mode="mbakt"),
     "mbakt_deep": dict(mode="mbakt", branch_design="deep"),
 }

@@ -91,6 +91,13 @@ def copy_of_stages(backbone, stages, first_stage, name):
     return copy
 
 
+def separable_adaptation(backbone, adaptation):
+    """Whether `adaptation` ("conv", "separable", "auto") means depthwise-separable convolutions here."""
+    if adaptation == "auto":
+        return backbones_lib.is_mobile_backbone(backbone)
+    return adaptation == "separable"
+
+
 def adaptation_block(features, target_shape, separable, name):
     """Brings a stage's feature map to `target_shape` (H, W, C) of the final features.
 
@@ -230,10 +237,7 @@ def _add_head(outputs, branch, features, num_classes):
 
 def _exit_branches(outputs, backbone, stages, num_classes, branch_stages, adaptation):
     """Adds the `"exit"` branches; returns the shallowest stage they share with the main branch."""
-    if adaptation == "auto":
-        separable = backbones_lib.is_mobile_backbone(backbone)
-    else:
-        separable = adaptation == "separable"
+    separable = separable_adaptation(backbone, adaptation)
     main_shape = tuple(outputs[f"{MAIN}_features"].shape[1:])
     chosen = resolve_branch_stages(len(stages), branch_stages)
     for k, stage in enumerate(chosen, start=1):

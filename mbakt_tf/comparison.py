@@ -44,7 +44,6 @@ ABLATIONS = {
 }
 # Other designs of the same method, for choosing defaults (not in --ablations).
 DESIGNS = {
-    "mbakt_main_gate": dict(ensemble="gated", gate_main_weight=0.8),  # the default since it was measured
     "mbakt_exit": dict(branch_design="exit"),
     "mbakt_peer": dict(branch_design="peer"),
     "mbakt_deep": dict(branch_design="deep"),

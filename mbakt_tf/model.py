@@ -369,6 +369,17 @@ class MBAKT(keras.Model):
             self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return d_loss, losses.discriminator_balanced_accuracy(real_logits, fake_logits)
 
+    def _adversarial_term(self, terms, outputs, logits, teacher, labels, tape):
+        """Updates the discriminator, adds its terms to `terms`; returns gamma(t) * adv."""
+        real, fakes = self._adversary_inputs(outputs, logits, teacher)
+        real = self._conditioned(real, labels)
+        fakes = [self._conditioned(f, labels) for f in fakes]
+        with tape.stop_recording():
+            terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(real, fakes)
+        adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
+        terms["adv"] = ops.sum(ops.stack(adv))
+        return self.adversarial_weight() * terms["adv"]
+
     def _ramped(self, weight, warmup_steps):
         if warmup_steps == 0:
             return ops.convert_to_tensor(weight, "float32")
@@ -400,32 +411,24 @@ class MBAKT(keras.Model):
         with tf.GradientTape() as tape:
             outputs = self.network(images, training=True)
             logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
-            # A second tape, on the network's outputs only, measures the adversarial
-            # gradient next to the cross-entropy's there (cheap: no backbone).
-            with tf.GradientTape(persistent=True) as probe:
-                watched = logits + [outputs[f"{b}_features"] for b in self.branch_names]
-                probe.watch(watched)
-                ensemble = self._ensemble(logits, outputs) if self.config.uses_branches else None
-                teacher = self._teacher(logits, ensemble) if self.config.uses_branches else None
+            ensemble = self._ensemble(logits, outputs) if self.config.uses_branches else None
+            teacher = self._teacher(logits, ensemble) if self.config.uses_branches else None
+            if not self.config.uses_adversary:
                 terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
-                if self.config.uses_adversary:
-                    real, fakes = self._adversary_inputs(outputs, logits, teacher)
-                    real = self._conditioned(real, labels)
-                    fakes = [self._conditioned(f, labels) for f in fakes]
-                    with tape.stop_recording():
-                        terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(
-                            real, fakes
-                        )
-                    adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
-                    terms["adv"] = ops.sum(ops.stack(adv))
-                    weighted_adv = self.adversarial_weight() * terms["adv"]
+            else:
+                # A second tape, on the network's outputs only, measures the adversarial
+                # gradient next to the cross-entropy's there (cheap: no backbone).
+                with tf.GradientTape(persistent=True) as probe:
+                    watched = logits + [outputs[f"{b}_features"] for b in self.branch_names]
+                    probe.watch(watched)
+                    terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
+                    weighted_adv = self._adversarial_term(terms, outputs, logits, teacher, labels, tape)
                     total = total + weighted_adv
-            if self.config.uses_adversary:
                 with tape.stop_recording():
                     terms["adv_grad_ratio"] = losses.gradient_norm_ratio(
                         probe, weighted_adv, terms["ce"], watched
                     )
-            del probe
+                del probe
             if self.network.losses:
                 total = total + ops.sum(ops.stack(self.network.losses))
             scaled = self.optimizer.scale_loss(total / replicas)

@@ -185,10 +185,7 @@ def build_segmentation_network(
         f"{MAIN}_logits": segmentation_head(main_features, num_classes, height, width, MAIN),
     }
     if with_branches:
-        if adaptation == "auto":
-            separable = backbones_lib.is_mobile_backbone(backbone)
-        else:
-            separable = adaptation == "separable"
+        separable = branches_lib.separable_adaptation(backbone, adaptation)
         chosen = branches_lib.resolve_branch_stages(len(steps), branch_stages)
         for k, step in enumerate(chosen, start=1):
             branch = f"branch_{k}"
