@@ -20,7 +20,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from mbakt_tf import atomic, custom_loop, distribute, guards, reporting, resume
+from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume
 from mbakt_tf import data as data_lib
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.distribute import STRATEGIES
@@ -29,6 +29,7 @@ from mbakt_tf.model import ENSEMBLE, MBAKT
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TASKS = ("classification", "segmentation")
 SCHEDULES = ("cosine", "constant")
+LOG_DIR = "logs"  # TensorBoard logs of a run: <run folder>/logs/{train,validation}
 
 
 @dataclasses.dataclass
@@ -72,6 +73,9 @@ class TrainConfig:
     backup_steps: int = 0
     stop_on_non_finite: bool = True
     collapse_patience: int = 200
+    # TensorBoard logs in <run folder>/logs (per epoch; also every N steps with tensorboard_steps).
+    tensorboard: bool = True
+    tensorboard_steps: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -113,11 +117,13 @@ class TrainConfig:
                 f"jit_compile=True is not supported with strategy={self.strategy!r}: the XLA-compiled "
                 "two-optimizer step fails under MirroredStrategy on TF 2.21 / Keras 3.15."
             )
-        for name in ("backup_steps", "collapse_patience"):
+        for name in ("backup_steps", "collapse_patience", "tensorboard_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.backup_steps and not self.backup_dir:
             raise ValueError("backup_steps needs backup_dir (where the backups go).")
+        if self.tensorboard_steps and not self.tensorboard:
+            raise ValueError("tensorboard_steps needs tensorboard=True (it logs every N steps to TensorBoard).")
 
     def run_name_for(self, mbakt_config):
         dataset = self.dataset if self.task == "classification" else f"{self.dataset}_{self.task}"
@@ -125,6 +131,56 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+class NotWritableError(OSError):
+    """A run's output folder cannot be created or written to."""
+
+
+def check_writable(directory):
+    """Creates `directory` and writes (then deletes) a file in it, or raises `NotWritableError`.
+
+    A real write, not a permission check: root passes `os.access` everywhere,
+    yet fails under a parent that is a regular file or on a read-only mount.
+
+    Example:
+    >>> import tempfile
+    >>> a_file = tempfile.NamedTemporaryFile()
+    >>> check_writable(a_file.name + "/logs")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mbakt_tf.training.NotWritableError: Cannot write to '.../logs': Not a directory
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_check_"):
+            pass
+    except OSError as error:
+        raise NotWritableError(f"Cannot write to {directory!r}: {error.strerror or error}") from error
+
+
+def check_run_dirs(train_config, run_dir):
+    """`check_writable` on the run folder and, with TensorBoard on, its `logs/`; returns that (or None)."""
+    check_writable(run_dir)
+    if not train_config.tensorboard:
+        return None
+    log_dir = os.path.join(run_dir, LOG_DIR)
+    check_writable(log_dir)
+    return log_dir
+
+
+def tensorboard_callback(log_dir, steps=0):
+    """Keras's TensorBoard callback, scalars only: every history entry per epoch, and the learning rate.
+
+    Training entries land in `log_dir/train`, `val_*` ones in
+    `log_dir/validation`, both as `epoch_<name>` at step = epoch index;
+    `epoch_learning_rate` is the generator optimizer's rate at the epoch's
+    end. `steps` > 0 also logs every training entry as `batch_<name>` every
+    `steps` steps. No graph (large for the two-optimizer step), no profiling.
+    """
+    return keras.callbacks.TensorBoard(
+        log_dir, update_freq=steps or "epoch", write_graph=False, profile_batch=0,
+    )
 
 
 @dataclasses.dataclass
@@ -190,7 +246,8 @@ def parameter_counts(model):
 # fewer devices after a preemption).
 _NOT_IN_FINGERPRINT = (
     "data_dir", "output_dir", "run_name", "verbose", "strategy", "cpu_devices", "deterministic",
-    "backup_dir", "backup_steps", "stop_on_non_finite", "collapse_patience",
+    "backup_dir", "backup_steps", "stop_on_non_finite", "collapse_patience", "tensorboard",
+    "tensorboard_steps",
 )
 
 
@@ -222,7 +279,10 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
 
     Writes `model.keras` (the whole MBAKT model), `main_branch.keras` (the plain
     main branch) and `results.json` into `output_dir/run_name/`, each
-    atomically. `splits`, when given, is what `load_data(train_config)`
+    atomically, then `curves.png` (see `curves`) and, with
+    `train_config.tensorboard`, TensorBoard logs under `logs/` during
+    training (see `tensorboard_callback`); a run folder it cannot write
+    fails with `NotWritableError` before any work. `splits`, when given, is what `load_data(train_config)`
     returned. `strategy` defaults to `distribute.make_strategy(
     train_config.strategy, train_config.cpu_devices)`; model, both optimizers
     and metrics are created in its scope. With `multi_worker`, training runs
@@ -239,6 +299,14 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
     if strategy is None:
         strategy = distribute.make_strategy(train_config.strategy, train_config.cpu_devices)
     distribute.check_batch_size(train_config.batch_size, strategy)
+    chief = distribute.is_chief(strategy)
+    multi_worker = distribute.is_multi_worker(strategy)
+    run_dir = os.path.join(train_config.output_dir, train_config.run_name_for(mbakt_config))
+    # Non-chief workers write the same files into a scratch folder that is
+    # deleted: every worker does the same work, only the chief's output stays.
+    write_dir = run_dir if chief else tempfile.mkdtemp(prefix="mbakt_worker_")
+    log_dir = check_run_dirs(train_config, write_dir)  # before any work: fails on a folder it cannot write
+
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(train_config.seed)
@@ -248,14 +316,6 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
     steps_per_epoch = max(1, info.num_train // train_config.batch_size)
     with strategy.scope():
         model = build_model(train_config, mbakt_config, info, steps_per_epoch)
-
-    chief = distribute.is_chief(strategy)
-    multi_worker = distribute.is_multi_worker(strategy)
-    run_dir = os.path.join(train_config.output_dir, train_config.run_name_for(mbakt_config))
-    # Non-chief workers write the same files into a scratch folder that is
-    # deleted: every worker does the same work, only the chief's output stays.
-    write_dir = run_dir if chief else tempfile.mkdtemp(prefix="mbakt_worker_")
-    os.makedirs(write_dir, exist_ok=True)
 
     backup = None
     if train_config.backup_dir:
@@ -277,6 +337,8 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
     if strategy.num_replicas_in_sync > 1:
         # Keras BN keeps one moving average per replica: evaluate and save their mean.
         run_callbacks.append(distribute.AverageReplicaStatistics(strategy))
+    if log_dir is not None:
+        run_callbacks.append(tensorboard_callback(log_dir, train_config.tensorboard_steps))
     run_callbacks += list(callbacks)
     initial_epoch = backup.initial_epoch if backup is not None else 0
     # One stream of batches for the whole run (see resume.training_stream):
@@ -335,6 +397,11 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
             "global_step": backup.position.global_step,
         }
     atomic.write_json(os.path.join(write_dir, "results.json"), summary)
+    if chief:
+        curves.save_curves(
+            summary["history"], os.path.join(write_dir, "curves.png"),
+            title=f"{train_config.run_name_for(mbakt_config)} ({mbakt_config.mode})",
+        )
     if backup is not None:
         backup.finish()
     if not chief:

@@ -8,7 +8,8 @@ Usage:
 Writes results.json, results.md and validation_accuracy.png into
 output_dir/run_name (default saved_models/compare_<dataset>_<backbone>). Finished
 (variant, seed) runs under runs/ are read back, not retrained: rerun the same
-command to resume.
+command to resume. Each run's TensorBoard logs are in runs/<variant>_seed<k>/logs,
+so `tensorboard --logdir output_dir/run_name` shows every variant and seed side by side.
 """
 
 import os
@@ -61,7 +62,10 @@ def main(argv):
     out_dir = os.path.join(
         FLAGS.output_dir, FLAGS.run_name or f"compare_{dataset_name}_{train_config.backbone}"
     )
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        training.check_writable(out_dir)
+    except training.NotWritableError as error:
+        raise app.UsageError(f"--output_dir/--run_name: {error}") from error
     try:
         splits = training.load_data(train_config)
     except (ValueError, FileNotFoundError) as error:
@@ -98,6 +102,9 @@ def main(argv):
           f"({time.time() - start:.0f} s this invocation):")
     print(table)
     print(f"Written: {out_dir}/results.json, results.md, validation_{metric}.png")
+    print(f"Each run: {out_dir}/runs/<variant>_seed<k>/ (results.json, curves.png, model.keras)")
+    if train_config.tensorboard:
+        print(f"TensorBoard, every run side by side: tensorboard --logdir {out_dir}")
     return 0
 
 

@@ -95,6 +95,16 @@ def define_training_flags():
     flags.DEFINE_string("output_dir", "saved_models", "Runs are written to output_dir/run_name/.")
     flags.DEFINE_string("run_name", None, "Run folder name (default: dataset_backbone_mode_seedN).")
     flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
+    defaults = TrainConfig()
+    flags.DEFINE_bool(
+        "tensorboard", defaults.tensorboard,
+        "TensorBoard logs of every loss term, head accuracy, discriminator metric and the learning rate, "
+        "per epoch, in <run folder>/logs (--tensorboard=false: none). View: tensorboard --logdir <run folder>.",
+    )
+    flags.DEFINE_integer(
+        "tensorboard_steps", defaults.tensorboard_steps,
+        "Also log the training metrics to TensorBoard every N steps (0: per epoch only).",
+    )
 
 
 def define_distribution_flags():
@@ -198,6 +208,8 @@ def train_config_from_flags():
         output_dir=FLAGS.output_dir,
         run_name=FLAGS.run_name,
         verbose=FLAGS.verbose,
+        tensorboard=FLAGS.tensorboard,
+        tensorboard_steps=FLAGS.tensorboard_steps,
         # Only scripts that call define_distribution_flags() have these.
         **{name: FLAGS[name].value for name in _DISTRIBUTION_FLAGS if name in FLAGS},
     )

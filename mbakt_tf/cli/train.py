@@ -5,11 +5,17 @@ Usage:
   python scripts/train.py --dataset=fashion_mnist --backbone=small_resnet8 --mode=mbakt --epochs=10
   python scripts/train.py --flagfile=flags/quickstart.cfg --strategy=mirrored --cpu_devices=2
   python scripts/train.py --flagfile=flags/quickstart.cfg --backup_dir=/tmp/qs_backup --backup_steps=100
+  python scripts/train.py --flagfile=flags/quickstart.cfg --tensorboard_steps=50   # TensorBoard every 50 steps too
   python scripts/launch_workers.py --num_workers=2 -- scripts/train.py --strategy=multi_worker ...
 
-Exit codes: 0 done, 1 bad flags (usage error), 2 data not found, 3 non-finite loss.
+Writes model.keras, main_branch.keras, results.json, curves.png and TensorBoard logs (logs/,
+unless --tensorboard=false) into output_dir/run_name.
+
+Exit codes: 0 done, 1 bad flags (usage error, also a run folder it cannot write), 2 data not found,
+3 non-finite loss.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -56,6 +62,8 @@ def main(argv):
     except guards.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except training.NotWritableError as error:  # raised before the model is built
+        raise app.UsageError(f"--output_dir/--run_name: {error}") from error
     if not distribute.is_chief(strategy):
         _, task_id = distribute.task_info(strategy)
         print(f"worker {task_id} done (the chief writes the outputs).")
@@ -71,6 +79,10 @@ def main(argv):
     print(f"Saved the MBAKT model:  {result.run_dir}/model.keras")
     print(f"Saved the main branch:  {result.run_dir}/main_branch.keras")
     print(f"Results and history:    {result.run_dir}/results.json")
+    if os.path.isfile(os.path.join(result.run_dir, "curves.png")):
+        print(f"Training curves:        {result.run_dir}/curves.png")
+    if train_config.tensorboard:
+        print(f"TensorBoard:            tensorboard --logdir {result.run_dir}/{training.LOG_DIR}")
     return 0
 
 
