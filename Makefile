@@ -6,10 +6,15 @@ PY := $(VENV)/bin/python
 # TF_USE_LEGACY_KERAS on import: it lives in a virtualenv of its own, which mbakt_tf.optimize
 # runs as a separate process (docs/optimize.md).
 OPTIMIZE_VENV ?= .venv-optimize
+# MediaPipe (TFLite Metadata writers, the Tasks API Android apps call) in a virtualenv of its own:
+# 0.10.21 is the last release whose wheel ships the metadata writers' native part (later ones,
+# 1.x included, cannot import them), and it pins numpy<2, protobuf<5. mbakt_tf.mediapipe_tasks
+# runs it as a separate process.
+MEDIAPIPE_VENV ?= .venv-mediapipe
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-optimize data train train-full test test-slow clean
+.PHONY: setup setup-optimize setup-mediapipe data train train-full test test-slow clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +30,14 @@ $(OPTIMIZE_VENV)/.installed: constraints.txt
 	$(PYTHON) -m venv $(OPTIMIZE_VENV)
 	$(OPTIMIZE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(OPTIMIZE_VENV)/bin/python -m pip install --quiet -c constraints.txt tensorflow tf-keras tensorflow-model-optimization
+	touch $@
+
+setup-mediapipe: $(MEDIAPIPE_VENV)/.installed
+
+$(MEDIAPIPE_VENV)/.installed: constraints.txt
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet -c constraints.txt mediapipe
 	touch $@
 
 # Fashion-MNIST from Debian's package (offline); elsewhere see README "Data".
@@ -47,7 +60,7 @@ train: setup data
 train-full: setup data
 	$(PY) scripts/train.py --flagfile=flags/fashion_mnist.cfg
 
-test: setup setup-optimize
+test: setup setup-optimize setup-mediapipe
 	$(PY) -m pytest
 
 # Tests marked slow (real data, longer training).
