@@ -85,6 +85,15 @@ class MBAKTConfig:
             linearly from 0 (0: full alpha from the first step).
         discriminator_condition: `"label"` concatenates the one-hot label to
             what the discriminator sees (a conditional GAN), `"none"` does not.
+        max_adversarial_grad_ratio: the adversarial gradient never exceeds
+            this fraction of the cross-entropy's, both measured at the
+            network's outputs: when `gamma(t) * adv` would push harder, it is
+            scaled down for that step (logged as `adv_scale` < 1). The
+            cross-entropy's gradient shrinks as a network fits its data while
+            the adversary's does not, so without a cap the adversary ends up
+            steering the network, away from the labels (it erased every
+            object of a keras-cv segmenter, README "Segmentation"). `None`:
+            no cap.
 
     Example:
     >>> config = MBAKTConfig(mode="mbakt", alpha=0.5, gamma=0.1)
@@ -113,6 +122,7 @@ class MBAKTConfig:
     gate_main_weight: Optional[float] = 0.8
     distillation_warmup_steps: int = 500
     discriminator_condition: str = "label"
+    max_adversarial_grad_ratio: Optional[float] = 0.1
 
     def __post_init__(self):
         self.discriminator_units = tuple(int(u) for u in self.discriminator_units)
@@ -132,6 +142,11 @@ class MBAKTConfig:
         if self.gate_main_weight is not None and not 0.0 < self.gate_main_weight < 1.0:
             raise ValueError(
                 f"MBAKTConfig.gate_main_weight must be in (0, 1) or None, got {self.gate_main_weight}."
+            )
+        if self.max_adversarial_grad_ratio is not None and not self.max_adversarial_grad_ratio > 0:
+            raise ValueError(
+                "MBAKTConfig.max_adversarial_grad_ratio must be > 0 or None, got "
+                f"{self.max_adversarial_grad_ratio}."
             )
         for name in ("peer_stages", "num_peers"):
             if getattr(self, name) < 1:

@@ -1,4 +1,5 @@
-"""Training guards (Keras callbacks): stop on non-finite losses, warn on a collapsed discriminator.
+"""Training guards (Keras callbacks): stop on non-finite losses, warn on a collapsed discriminator
+or on an adversary that takes the network over.
 
 `NonFiniteLossGuard` checks every loss term after each training step and
 raises `NonFiniteLossError` naming the first non-finite term (in the order
@@ -10,9 +11,16 @@ see that step: the last backup stays the last good state. Put it first.
 discriminator's accuracy has stayed near 1 (it wins outright, the adversarial
 signal saturates) or near 0 (it is fooled completely) for `patience` steps.
 
+`AdversarialTakeoverGuard` watches what matters to the user: the main
+branch's own training accuracy (mIoU for segmentation). When it falls
+clearly below its best epoch while the adversarial gradient has grown, the
+adversary is steering the network away from its labels (the discriminator's
+accuracy can look healthy meanwhile): it warns, naming the pattern, or stops.
+
 Example:
 ```python
-callbacks = [guards.NonFiniteLossGuard(), guards.DiscriminatorCollapseMonitor(patience=200)]
+callbacks = [guards.NonFiniteLossGuard(), guards.DiscriminatorCollapseMonitor(patience=200),
+             guards.AdversarialTakeoverGuard(stop=True)]
 model.fit(train_ds, epochs=3, callbacks=callbacks)
 ```
 """
@@ -214,3 +222,75 @@ class DiscriminatorCollapseMonitor(keras.callbacks.Callback):
             self.metric, self.margin, self._side, event["steps"], step, event["mean"], event["min"],
             event["max"], extras, verdict,
         )
+
+
+class AdversarialTakeoverGuard(keras.callbacks.Callback):
+    """Warns (or stops) when the main branch gets worse on its training data as the adversary grows.
+
+    After every epoch it compares the main branch's training metric with its
+    best epoch so far. "Takeover" is: the metric fell more than `drop` below
+    that best while `adv_grad_ratio` (the adversarial gradient over the
+    cross-entropy's) rose above its value then. Training accuracy should not
+    fall under a sane objective at a decaying learning rate, so this is the
+    adversary winning against the labels, the pattern that erased a
+    segmenter's objects (README "Segmentation"). One warning per episode;
+    `events` keeps their numbers.
+
+    Args:
+        metric: the training log to watch; `None` takes `main_miou` when
+            logged (segmentation), else `main_accuracy`.
+        drop: how far below its best (absolute) the metric must fall.
+        stop: also stop training (`model.stop_training`).
+
+    Example:
+    ```python
+    guard = AdversarialTakeoverGuard(drop=0.05, stop=True)
+    model.fit(train_ds, epochs=8, callbacks=[guard])
+    guard.events   # [] unless the adversary took over
+    ```
+    """
+
+    RATIO = "adv_grad_ratio"
+
+    def __init__(self, metric=None, drop=0.05, stop=False):
+        super().__init__()
+        if not drop > 0:
+            raise ValueError(f"drop must be > 0, got {drop}.")
+        self.metric = metric
+        self.drop = float(drop)
+        self.stop = bool(stop)
+        self.events = []
+        self._best = None  # (value, epoch, ratio)
+        self._warned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        metric = self.metric or ("main_miou" if "main_miou" in logs else "main_accuracy")
+        value, ratio = _as_float(logs.get(metric)), _as_float(logs.get(self.RATIO))
+        if value is None or ratio is None or not (math.isfinite(value) and math.isfinite(ratio)):
+            return
+        if self._best is None or value >= self._best[0]:
+            self._best = (value, epoch, ratio)
+            self._warned = False
+            return
+        best, best_epoch, best_ratio = self._best
+        if self._warned or value >= best - self.drop or ratio <= best_ratio:
+            return
+        self._warned = True
+        event = {
+            "metric": metric, "epoch": epoch + 1, "value": value, "best": best, "best_epoch": best_epoch + 1,
+            "adv_grad_ratio": ratio, "adv_grad_ratio_at_best": best_ratio,
+        }
+        self.events.append(event)
+        action = "Training stopped." if self.stop else "Training goes on."
+        gamma = getattr(getattr(self.model, "config", None), "gamma", None)
+        cap = getattr(getattr(self.model, "config", None), "max_adversarial_grad_ratio", None)
+        logger.warning(
+            "adversarial takeover: the main branch's training %s fell from %.4f (epoch %d) to %.4f "
+            "(epoch %d) while the adversarial gradient grew from %.3f to %.3f of the cross-entropy's: "
+            "the adversary is steering the network away from its labels. %s Lower --gamma (now %s) or "
+            "--max_adversarial_grad_ratio (now %s).",
+            metric, best, best_epoch + 1, value, epoch + 1, best_ratio, ratio, action, gamma, cap,
+        )
+        if self.stop:
+            self.model.stop_training = True

@@ -199,7 +199,7 @@ class MBAKT(keras.Model):
             term: mean(name=term)
             for term in (
                 "ce", "ensemble_ce", "kd", "hint", "adv", "d_loss", "d_balanced_accuracy",
-                "adv_grad_ratio",
+                "adv_grad_ratio", "adv_scale",
             )
         }
         heads = self.branch_names + ([ENSEMBLE] if len(self.branch_names) > 1 else [])
@@ -224,7 +224,7 @@ class MBAKT(keras.Model):
         if self.gated:
             names += ["ensemble_ce"]
         if self.config.uses_adversary:
-            names += ["adv", "d_loss", "d_balanced_accuracy", "adv_grad_ratio"]
+            names += ["adv", "d_loss", "d_balanced_accuracy", "adv_grad_ratio", "adv_scale"]
         return names + [f"{head}_accuracy" for head in self.accuracy_trackers]
 
     # ------------------------------------------------------------ forward pass
@@ -276,8 +276,9 @@ class MBAKT(keras.Model):
             fakes = pooled
         return real, fakes
 
-    def _conditioned(self, inputs, labels):
-        """`inputs` with the one-hot label concatenated on the last axis (conditional GAN)."""
+    def _discriminator_view(self, inputs, labels):
+        """What the discriminator sees of `inputs`: with the one-hot label concatenated on the last
+        axis (conditional GAN) when `discriminator_condition="label"`."""
         if self.config.discriminator_condition != "label":
             return inputs
         # Labels outside [0, num_classes) (an ignore label) one-hot to zeros.
@@ -372,13 +373,20 @@ class MBAKT(keras.Model):
     def _adversarial_term(self, terms, outputs, logits, teacher, labels, tape):
         """Updates the discriminator, adds its terms to `terms`; returns gamma(t) * adv."""
         real, fakes = self._adversary_inputs(outputs, logits, teacher)
-        real = self._conditioned(real, labels)
-        fakes = [self._conditioned(f, labels) for f in fakes]
+        real = self._discriminator_view(real, labels)
+        fakes = [self._discriminator_view(f, labels) for f in fakes]
         with tape.stop_recording():
             terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(real, fakes)
         adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
         terms["adv"] = ops.sum(ops.stack(adv))
         return self.adversarial_weight() * terms["adv"]
+
+    def _adversarial_scale(self, ratio):
+        """The factor that keeps the adversarial gradient within `max_adversarial_grad_ratio` of ce's."""
+        cap = self.config.max_adversarial_grad_ratio
+        if cap is None:
+            return ops.convert_to_tensor(1.0, "float32")
+        return ops.minimum(1.0, cap / ops.maximum(ratio, 1e-12))
 
     def _ramped(self, weight, warmup_steps):
         if warmup_steps == 0:
@@ -423,12 +431,12 @@ class MBAKT(keras.Model):
                     probe.watch(watched)
                     terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
                     weighted_adv = self._adversarial_term(terms, outputs, logits, teacher, labels, tape)
-                    total = total + weighted_adv
                 with tape.stop_recording():
-                    terms["adv_grad_ratio"] = losses.gradient_norm_ratio(
-                        probe, weighted_adv, terms["ce"], watched
-                    )
+                    ratio = losses.gradient_norm_ratio(probe, weighted_adv, terms["ce"], watched)
+                    terms["adv_scale"] = self._adversarial_scale(ratio)
+                    terms["adv_grad_ratio"] = ratio * terms["adv_scale"]
                 del probe
+                total = total + terms["adv_scale"] * weighted_adv
             if self.network.losses:
                 total = total + ops.sum(ops.stack(self.network.losses))
             scaled = self.optimizer.scale_loss(total / replicas)

@@ -155,6 +155,14 @@ class MBAKTSegmenter(MBAKT):
         features = [ops.cast(outputs[f"{b}_features"], "float32") for b in self.branch_names]
         return ops.stop_gradient(ops.mean(ops.stack(features, 0), 0)), features
 
+    def _discriminator_view(self, inputs, labels):
+        """Maps with ignored pixels zeroed (the adversary, like every loss, leaves them out), then
+        label-conditioned. Without this the adversary is the only force on the ignored outlines."""
+        valid = self._valid_pixels(labels)
+        if valid is not None:
+            inputs = inputs * ops.expand_dims(valid, -1)
+        return super()._discriminator_view(inputs, labels)
+
     # ----------------------------------------------------------- serialization
 
     def get_config(self):

@@ -334,6 +334,8 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
         run_callbacks.append(
             guards.DiscriminatorCollapseMonitor(train_config.collapse_patience, backup=backup)
         )
+    if mbakt_config.uses_adversary:
+        run_callbacks.append(guards.AdversarialTakeoverGuard())
     if strategy.num_replicas_in_sync > 1:
         # Keras BN keeps one moving average per replica: evaluate and save their mean.
         run_callbacks.append(distribute.AverageReplicaStatistics(strategy))

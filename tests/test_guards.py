@@ -180,3 +180,35 @@ def test_train_command_rejects_a_batch_the_replicas_cannot_split(tmp_path):
     assert process.returncode == 1
     assert "batch_size=15 is not divisible by the 2 replicas of the strategy" in process.stderr
     assert not any(tmp_path.iterdir())
+
+
+def _epochs(guard, rows):
+    for epoch, (value, ratio) in enumerate(rows):
+        guard.on_epoch_end(epoch, {"main_miou": value, "main_accuracy": 0.99, "adv_grad_ratio": ratio})
+
+
+def test_takeover_guard_names_the_pattern_when_main_falls_as_the_adversary_grows(caplog):
+    # The numbers of the keras-cv segmenter that collapsed (README "Segmentation", no gradient cap).
+    model = keras.Sequential()
+    model.config = MBAKTConfig(gamma=0.1, max_adversarial_grad_ratio=None)
+    guard = guards.AdversarialTakeoverGuard(stop=True)
+    guard.set_model(model)
+    with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
+        _epochs(guard, [(0.38, 0.0006), (0.61, 0.01), (0.75, 0.04), (0.79, 0.11), (0.74, 0.22), (0.60, 0.37)])
+    assert len(guard.events) == 1 and model.stop_training
+    event = guard.events[0]
+    assert event["metric"] == "main_miou" and event["epoch"] == 6 and event["best_epoch"] == 4
+    assert event["value"] == pytest.approx(0.60) and event["adv_grad_ratio_at_best"] == pytest.approx(0.11)
+    assert "adversarial takeover: the main branch's training main_miou fell from 0.7900 (epoch 4) to 0.6000" in caplog.text
+    assert "--max_adversarial_grad_ratio (now None)" in caplog.text
+
+
+@pytest.mark.parametrize("rows", [
+    [(0.80, 0.1), (0.70, 0.1)],               # fell, but the adversary did not grow: not its doing
+    [(0.80, 0.1), (0.78, 0.3), (0.80, 0.3)],  # grew, but the main branch held (within drop)
+])
+def test_takeover_guard_stays_quiet_without_the_pattern(rows):
+    guard = guards.AdversarialTakeoverGuard()
+    guard.set_model(keras.Sequential())
+    _epochs(guard, rows)
+    assert guard.events == []

@@ -117,13 +117,13 @@ class MBAKTModelTest(parameterized.TestCase):
             mbakt_tf.MBAKTConfig(gate_main_weight=1.0)
 
     @parameterized.parameters("logits", "probabilities", "features")
-    def test_label_conditioned_discriminator_sees_outputs_and_one_hot_label(self, adversarial_input):
+    def test_label_discriminator_view_discriminator_sees_outputs_and_one_hot_label(self, adversarial_input):
         model = tiny_model(mode="mbakt", adversarial_input=adversarial_input, discriminator_condition="label")
         width = 4 if adversarial_input != "features" else int(model.network.output["main_features"].shape[-1])
         assert model.discriminator.input.shape[-1] == width + 4
         seen = []
-        original = model._conditioned
-        model._conditioned = lambda x, y: seen.append(original(x, y)) or seen[-1]
+        original = model._discriminator_view
+        model._discriminator_view = lambda x, y: seen.append(original(x, y)) or seen[-1]
         model.train_step((self.images, self.labels))
         real = np.array(seen[0])
         np.testing.assert_array_equal(real[:, width:], np.eye(4)[self.labels])
@@ -356,3 +356,14 @@ def test_lambda_activations_are_replaced_without_changing_outputs():
     assert cleaned.pyramid_level_inputs == backbone.pyramid_level_inputs
     plain = backbones.build_backbone("small_resnet8", (16, 16, 1))
     assert backbones.without_lambda_activations(plain) is plain
+
+
+@pytest.mark.parametrize("cap", [1e-4, None])
+def test_adversarial_gradient_is_capped_relative_to_cross_entropy(cap):
+    images, labels = tiny_batch()
+    model = tiny_model(gamma=10.0, max_adversarial_grad_ratio=cap)
+    logs = model.train_on_batch(images, labels, return_dict=True)
+    if cap is None:
+        assert logs["adv_scale"] == pytest.approx(1.0) and logs["adv_grad_ratio"] > 1e-3
+    else:  # gamma=10 pushes far harder than 1e-4 of ce: scaled down to exactly the cap
+        assert logs["adv_scale"] < 1.0 and logs["adv_grad_ratio"] == pytest.approx(cap, rel=1e-3)

@@ -80,6 +80,11 @@ def define_model_flags():
         "discriminator_condition", defaults.discriminator_condition, DISCRIMINATOR_CONDITIONS,
         "label: the discriminator also sees the one-hot label (conditional GAN).",
     )
+    flags.DEFINE_float(
+        "max_adversarial_grad_ratio", defaults.max_adversarial_grad_ratio,
+        "The adversarial gradient never exceeds this fraction of the cross-entropy's (at the network's "
+        "outputs); 0: no cap.",
+    )
 
 
 def define_training_flags():
@@ -181,6 +186,7 @@ def mbakt_config_from_flags():
         gate_main_weight=FLAGS.gate_main_weight or None,
         distillation_warmup_steps=FLAGS.distillation_warmup_steps,
         discriminator_condition=FLAGS.discriminator_condition,
+        max_adversarial_grad_ratio=FLAGS.max_adversarial_grad_ratio or None,
     )
 
 
