@@ -15,6 +15,17 @@ labels.txt                   one class name per line, line i = class i
 manifest.json                input/output details, sizes, cost, parity, checks, latency
 ```
 
+Every TFLite file carries TFLite Metadata (labels, input normalisation mean 0
+std 1, image type) for MediaPipe Tasks' `ImageClassifier` / `ImageSegmenter`,
+written in MediaPipe's own virtualenv (`mediapipe_tasks`), and is run there
+through the Tasks API on the test images: its top-1 classes (per-pixel
+classes of a segmenter) must agree with LiteRT's on the same file. MediaPipe
+takes RGB only: `ExportConfig(rgb_input=True)` makes a grayscale model's
+files take (H, W, 3) RGB, converted in the graph (`rgb_input`); MediaPipe
+takes uint8 or float32 input only, so the int8 file runs there with
+`int8_io="uint8"`. A file MediaPipe cannot run is named in the manifest
+with MediaPipe's reason.
+
 Input contract (every file): one `images` tensor, NHWC, the training image
 size, raw pixel values in [0, 255] (float32; in the int8 file int8 = pixel - 128,
 in the uint8 variant the pixel bytes themselves): rescaling is the graph's
@@ -54,7 +65,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mbakt_tf import saved_runs
+from mbakt_tf import mediapipe_tasks, rgb_input, saved_runs
 from mbakt_tf.checks import Checks
 from mbakt_tf.config import dataclass_from_dict
 from mbakt_tf.reporting import format_size, text_table
@@ -83,6 +94,9 @@ MANIFEST_VERSION = 1
 # Segmentation outputs are maps (H x W x classes per image): parity runs on at
 # most this many test images unless ExportConfig.test_limit says otherwise.
 SEGMENTATION_TEST_LIMIT = 1000
+# ExportConfig.tflite_metadata: "auto" writes it when a MediaPipe Python is found
+# (else the manifest says why not), "require" fails without one, "off" never.
+TFLITE_METADATA_MODES = ("auto", "require", "off")
 
 # Parity with the Keras model. Float formats: max |logit difference| at most
 # `atol + rtol * max|keras logit|`; every format: top-1 agreement at least
@@ -122,6 +136,16 @@ class ExportConfig:
         num_threads: LiteRT threads for evaluation and benchmark.
         strict: raise `ExportCheckError` (after writing every file and the
             manifest) when a check fails.
+        rgb_input: the files take RGB (H, W, 3) in [0, 255], as MediaPipe Tasks
+            feed them; a 1-channel model converts in the graph (BT.601 luma,
+            builtin MUL and SUM ops; `rgb_input.py`). Images passed to the
+            exporter stay in the model's own channels.
+        tflite_metadata: one of `TFLITE_METADATA_MODES`: write TFLite Metadata
+            into every TFLite file and check it with MediaPipe Tasks.
+        mediapipe_python: the Python with MediaPipe (default: see
+            `mediapipe_tasks.mediapipe_python`).
+        min_mediapipe_agreement: least accepted fraction of test images (of
+            pixels, for a segmenter) where MediaPipe's class agrees with LiteRT's.
 
     Example:
     >>> ExportConfig(branch=1).resolved_branch_request
@@ -140,6 +164,10 @@ class ExportConfig:
     benchmark_warmup: int = 20
     num_threads: int = 1
     strict: bool = True
+    rgb_input: bool = False
+    tflite_metadata: str = "auto"
+    mediapipe_python: Optional[str] = None
+    min_mediapipe_agreement: float = 0.99
 
     def __post_init__(self):
         if self.branch is not None:
@@ -175,6 +203,12 @@ class ExportConfig:
             raise ValueError("benchmark_runs and benchmark_warmup must be >= 0.")
         if self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}.")
+        if self.tflite_metadata not in TFLITE_METADATA_MODES:
+            raise ValueError(f"tflite_metadata must be one of {TFLITE_METADATA_MODES}, "
+                             f"got {self.tflite_metadata!r}.")
+        if not 0.0 <= self.min_mediapipe_agreement <= 1.0:
+            raise ValueError(
+                f"min_mediapipe_agreement must be in [0, 1], got {self.min_mediapipe_agreement}.")
 
     @property
     def resolved_branch_request(self):
@@ -341,9 +375,12 @@ def export_model(
         ValueError: unknown branch, bad config, images of the wrong shape.
         ExportCheckError: `config.strict` and a check failed (files and
             manifest are written first).
+        mediapipe_tasks.MediaPipeUnavailableError: `tflite_metadata="require"`
+            and no MediaPipe Python (raised before any work).
     """
     config = config or ExportConfig()
     run = _Export(model, output_dir, config, progress)
+    run.find_mediapipe()
     representative_images = run.images(representative_images, "representative_images")
     representative_images = representative_images[: config.representative_samples]
     test_images = run.images(test_images, "test_images")
@@ -365,7 +402,10 @@ def export_model(
     run.keras_reference(test_images, test_labels)
     saved_model_dir = run.saved_model()
     for fmt in config.formats:
-        run.tflite(fmt, saved_model_dir, representative_images)
+        run.convert(fmt, saved_model_dir, representative_images)
+    run.tflite_metadata(class_names)
+    for fmt in config.formats:
+        run.tflite(fmt)
     run.parity_checks()
     run.benchmark()
     run.labels(class_names)
@@ -385,6 +425,11 @@ class _Export:
         self.branch = resolve_branch(model, config.branch)
         self.keras_model = deployable_model(model, self.branch)
         self.input_shape = tuple(int(d) for d in self.keras_model.input.shape[1:])
+        if config.rgb_input:
+            rgb_input.check_channels(self.input_shape[-1])
+        # What the exported files take: the model's channels, or RGB with rgb_input.
+        self.file_input_shape = (*self.input_shape[:-1], rgb_input.RGB_CHANNELS) if config.rgb_input \
+            else self.input_shape
         self.num_classes = int(self.keras_model.output.shape[-1])
         self.segmentation = len(self.keras_model.output.shape) == 4  # (batch, H, W, classes)
         self.ignore_label = getattr(model, "ignore_label", None)
@@ -393,6 +438,7 @@ class _Export:
         self.checks = Checks()
         self.files, self.docs, self.lite_models = {}, {}, {}
         self.latency = None
+        self.mediapipe_python, self.mediapipe, self.mediapipe_outputs = None, None, {}
 
     def images(self, images, name):
         return check_images(images, self.input_shape, name)
@@ -404,8 +450,13 @@ class _Export:
     def _outputs_figures(self, outputs):
         return {**_figures(outputs, self.test_labels, self.ignore_label), **parity(self.reference, outputs)}
 
+    def file_images(self, images):
+        """Images in the model's channels as the exported files take them (RGB with rgb_input)."""
+        return rgb_input.to_rgb(images) if self.config.rgb_input else images
+
     def keras_reference(self, test_images, test_labels):
         self.test_images, self.test_labels = test_images, test_labels
+        self.test_file_images = self.file_images(test_images)
         self.say(f"Keras reference: {self.branch} on {len(test_images)} held-out images")
         logits = self.keras_model.predict(test_images, batch_size=256, verbose=0).astype(np.float32)
         self.reference = {"logits": logits, "probabilities": _softmax(logits)}
@@ -430,10 +481,12 @@ class _Export:
         """Writes the SavedModel, reloads it in a fresh process, checks its variables."""
         path = os.path.join(self.output_dir, SAVED_MODEL_DIR)
         self.say(f"SavedModel -> {path}")
-        write_saved_model(self.keras_model, path)
+        serving_model = rgb_input.with_rgb_input(self.keras_model) if self.config.rgb_input \
+            else self.keras_model
+        write_saved_model(serving_model, path)
         self.files["saved_model"] = path
         self.say("SavedModel: reloading with tf.saved_model.load in a fresh process (no mbakt_tf)")
-        outputs, facts = probe_saved_model(path, self.test_images)
+        outputs, facts = probe_saved_model(path, self.test_file_images)
         self.evaluation["saved_model"] = self._outputs_figures(outputs)
         params, main_params = self.cost["parameters"], self.cost["main_branch_parameters"]
         add = self.checks.add
@@ -462,23 +515,32 @@ class _Export:
         }
         return path
 
-    def tflite(self, fmt, saved_model_dir, representative_images):
-        """Converts one TFLite variant, runs it in LiteRT, checks its ops, tensors and dtypes."""
+    def convert(self, fmt, saved_model_dir, representative_images):
+        """Converts one TFLite variant to `model_<fmt>.tflite`."""
         path = os.path.join(self.output_dir, f"model_{fmt}.tflite")
         calibration = f" (calibrating on {len(representative_images)} training images)"
         self.say(f"TFLite {fmt}: converting" + (calibration if fmt == "int8" else ""))
+        representative_images = self.file_images(representative_images) if fmt == "int8" else None
         with open(path, "wb") as f:
             f.write(convert_tflite(saved_model_dir, fmt, representative_images, self.config.int8_io))
         self.files[fmt] = path
+
+    def tflite(self, fmt):
+        """Runs one TFLite file (as written, metadata included) in LiteRT; checks its ops, tensors,
+        dtypes, and MediaPipe's agreement with LiteRT."""
+        path = self.files[fmt]
         structure = tflite_structure(path)
         self.say(f"TFLite {fmt}: running {len(self.test_images)} images in LiteRT")
         lite = self.lite_models[fmt] = LiteRTModel(path, num_threads=self.config.num_threads)
-        self.evaluation[fmt] = self._outputs_figures(lite.predict(self.test_images))
+        outputs = lite.predict(self.test_file_images)
+        self.evaluation[fmt] = self._outputs_figures(outputs)
         self.docs[fmt] = {
             "path": os.path.basename(path),
             "bytes": os.path.getsize(path),
             **{key: structure[key] for key in ("input", "outputs", "ops", "tensor_dtypes")},
         }
+        self._metadata_doc(fmt)
+        self._mediapipe_agreement(fmt, structure, lite, outputs)
         add, ops = self.checks.add, structure["ops"]
         non_builtin = non_builtin_ops(ops)
         add(f"{fmt}_builtin_ops_only", not non_builtin,
@@ -498,6 +560,148 @@ class _Export:
             floats = dtypes.get("float32", 0) + dtypes.get("float16", 0)
             add("int8_no_float_tensors", floats == 0 and dtypes.get("int8", 0) > 0,
                 f"tensor dtypes {dtypes}")
+
+    # ------------------------------------------------ TFLite Metadata, MediaPipe Tasks
+
+    def find_mediapipe(self):
+        """The MediaPipe Python, before any work; `None` (and the reason kept) when there is none."""
+        mode = self.config.tflite_metadata
+        self.mediapipe_reason = None
+        if mode == "off" or not self.config.formats:
+            self.mediapipe_reason = ("tflite_metadata='off'" if mode == "off"
+                                     else "no TFLite file requested")
+            return None
+        try:
+            self.mediapipe_python = mediapipe_tasks.mediapipe_python(self.config.mediapipe_python)
+        except mediapipe_tasks.MediaPipeUnavailableError as error:
+            if mode == "require":
+                raise
+            self.mediapipe_reason = f"not written (tflite_metadata='auto'): {error}"
+            self.say(f"TFLite Metadata: {self.mediapipe_reason}")
+        return self.mediapipe_python
+
+    def tflite_metadata(self, class_names):
+        """Writes TFLite Metadata into every TFLite file and runs each in MediaPipe Tasks (one process)."""
+        if self.mediapipe_python is None:
+            return
+        task = "segmenter" if self.segmentation else "classifier"
+        # MediaPipe takes uint8 images: LiteRT is compared on the same ones.
+        self.mediapipe_images = np.clip(np.round(self.test_file_images), 0, 255).astype(np.uint8)
+        h, w, c = self.file_input_shape
+        specs = [{"key": fmt, "path": self.files[fmt], "task": task, "labels": list(class_names),
+                  "model_name": self.keras_model.name,
+                  "description": f"mbakt_tf {self.branch} ({task}): {h}x{w}x{c} raw pixels in [0, 255]"}
+                 for fmt in self.config.formats]
+        api = mediapipe_tasks.TASK_API[task]
+        self.say(f"TFLite Metadata: labels, normalisation (mean 0, std 1), image type into "
+                 f"{len(specs)} file(s); MediaPipe Tasks {api} on {len(self.mediapipe_images)} images")
+        try:
+            self.mediapipe = mediapipe_tasks.embed_and_run(specs, self.mediapipe_images,
+                                                           python=self.mediapipe_python)
+        except RuntimeError as error:  # the files are as converted: say so, fail the check
+            self.mediapipe_reason = f"the MediaPipe process failed: {error}"
+            self.checks.add("tflite_metadata_written", False, self.mediapipe_reason[-300:])
+            return
+        self.class_names = [str(n) for n in class_names]
+
+    def _metadata_doc(self, fmt):
+        if self.mediapipe is None:
+            self.docs[fmt]["tflite_metadata"] = {"written": False, "reason": self.mediapipe_reason}
+            return
+        written = self.mediapipe["files"][fmt]["metadata"]
+        if not written["written"]:
+            self.docs[fmt]["tflite_metadata"] = {"written": False, "reason": written["error"]}
+            self.checks.add(f"{fmt}_tflite_metadata", False, f"not written: {written['error']}")
+            return
+        subgraph = written["json"]["subgraph_metadata"][0]
+        image = subgraph["input_tensor_metadata"][0]
+        normalization = image["process_units"][0]["options"]
+        self.docs[fmt]["tflite_metadata"] = {
+            "written": True,
+            "bytes_added": written["bytes_added"],
+            "min_parser_version": written["json"].get("min_parser_version"),
+            "input": {"color_space": image["content"]["content_properties"].get("color_space"),
+                      "normalization": normalization},
+            "outputs": [o["name"] for o in subgraph["output_tensor_metadata"]],
+            "associated_files": written["associated_files"],
+            "labels": f"{mediapipe_tasks.LABELS_FILE} packed in the file, {len(written['labels'] or [])} lines",
+        }
+        ok = (written["labels"] == self.class_names and normalization == {"mean": [0.0], "std": [1.0]}
+              and written["outputs"] == [o["name"] for o in subgraph["output_tensor_metadata"]])
+        self.checks.add(f"{fmt}_tflite_metadata", ok,
+                        f"read back: {len(written['labels'] or [])} labels "
+                        f"{'equal' if written['labels'] == self.class_names else 'differ from'} the class "
+                        f"names, normalisation {normalization}, outputs {written['outputs']}")
+
+    def _mediapipe_hint(self, structure):
+        if self.file_input_shape[-1] != rgb_input.RGB_CHANNELS:
+            return "MediaPipe Tasks take RGB images: export with rgb_input=True (--rgb_input)"
+        if structure["input"]["dtype"] == "int8":
+            return "MediaPipe Tasks take uint8 or float32 input: export with int8_io='uint8' (--int8_io=uint8)"
+        return None
+
+    def _mediapipe_agreement(self, fmt, structure, lite, outputs):
+        """MediaPipe's classes (per pixel for a segmenter) against LiteRT's on the same uint8 images."""
+        if self.mediapipe is None or not self.mediapipe["files"][fmt]["metadata"]["written"]:
+            return
+        doc = self.mediapipe["files"][fmt]
+        tasks = doc["tasks"]
+        if not tasks["ran"]:
+            self.evaluation[fmt]["mediapipe"] = {"api": tasks["api"], "ran": False, "reason": tasks["error"],
+                                                 "hint": self._mediapipe_hint(structure)}
+            return
+        if not np.array_equal(self.mediapipe_images, self.test_file_images):
+            outputs = lite.predict(self.mediapipe_images)  # LiteRT on MediaPipe's uint8 images
+        figures = {"api": tasks["api"], "ran": True, "images": tasks["images"],
+                   "mediapipe_version": self.mediapipe["versions"]["mediapipe"]}
+        if self.segmentation:
+            # MediaPipe's category mask is the argmax of the output its metadata names the mask.
+            mask_output = self.docs[fmt]["tflite_metadata"]["outputs"][
+                mediapipe_tasks.SEGMENTER_MASK_POSITION if len(outputs) == 2 else 0]
+            figures.update(output=mask_output, **mediapipe_tasks.segmenter_agreement(
+                doc["outputs"]["category_mask"], outputs[mask_output]))
+            agreement = figures["pixel_agreement"]
+        else:
+            figures["heads"] = {
+                head: mediapipe_tasks.classifier_agreement(
+                    doc["outputs"][f"{head}_index"], doc["outputs"][f"{head}_score"], outputs[head])
+                for head in outputs}
+            agreement = min(h["top1_agreement"] for h in figures["heads"].values())
+            figures["top1_agreement"] = agreement
+        self.evaluation[fmt]["mediapipe"] = figures
+        limit = self.config.min_mediapipe_agreement
+        unit = "pixels" if self.segmentation else "images"
+        self.checks.add(f"{fmt}_mediapipe_agrees_with_litert", agreement >= limit,
+                        f"{tasks['api']}: {agreement:.4f} of {tasks['images']} {unit} >= {limit}")
+
+    def mediapipe_summary(self):
+        """The manifest's "mediapipe" part: versions, images, and per file agreement or reason."""
+        summary = {"tflite_metadata": self.config.tflite_metadata,
+                   "written": self.mediapipe is not None}
+        if self.mediapipe is None:
+            summary["reason"] = self.mediapipe_reason
+            return summary
+        task = "segmenter" if self.segmentation else "classifier"
+        summary.update(
+            mediapipe_version=self.mediapipe["versions"]["mediapipe"],
+            python=self.mediapipe["versions"]["python"],
+            api=mediapipe_tasks.TASK_API[task],
+            images=int(len(self.mediapipe_images)),
+            normalization={"mean": mediapipe_tasks.NORM_MEAN, "std": mediapipe_tasks.NORM_STD},
+            agreement_measure=("pixels" if self.segmentation else "images")
+            + " whose MediaPipe class has LiteRT's highest score on the same file and uint8 image "
+              "(a tie counts)",
+        )
+        for fmt in self.config.formats:
+            figures = self.evaluation.get(fmt, {}).get("mediapipe")
+            if figures is None:
+                summary[fmt] = {"ran": False, "reason": self.docs.get(fmt, {}).get("tflite_metadata")}
+            elif figures["ran"]:
+                summary[fmt] = {"ran": True, "agreement": figures.get("top1_agreement",
+                                                                      figures.get("pixel_agreement"))}
+            else:
+                summary[fmt] = {"ran": False, "reason": figures["reason"], "hint": figures["hint"]}
+        return summary
 
     def parity_checks(self):
         """Every format against `PARITY_TOLERANCES`; int8 accuracy drop against the config."""
@@ -555,10 +759,15 @@ class _Export:
             "input": {
                 "name": INPUT_NAME,
                 "dtype": "float32",
-                "shape": [None, *self.input_shape],
+                "shape": [None, *self.file_input_shape],
                 "layout": "NHWC",
                 "value_range": [0, 255],
                 "preprocessing": "none: raw pixel values; rescaling to [0, 1] is the graph's first layer",
+                "rgb_input": (
+                    None if not self.config.rgb_input
+                    else "RGB; the model takes it as it is" if self.input_shape[-1] == 3
+                    else f"RGB, converted in the graph to the model's 1 channel: {rgb_input.CONVERSION}"
+                ),
                 "int8_file": _int8_input_doc(self.docs.get("int8")),
             },
             "outputs": {
@@ -573,6 +782,7 @@ class _Export:
             "int8_accuracy_drop": self.int8_drop,
             "parity_tolerances": {fmt: PARITY_TOLERANCES[fmt] for fmt in formats},
             "latency": self.latency,
+            "mediapipe": self.mediapipe_summary(),
             "checks": self.checks.items,
             "ok": self.checks.ok,
         }
@@ -700,8 +910,24 @@ def format_report(manifest):
             f"LiteRT latency int8 / float32 (median of {latency['int8']['runs']} runs, batch 1, "
             f"{latency['num_threads']} thread): {latency['int8_over_float32']:.2f}"
         )
+    lines.extend(_mediapipe_lines(manifest.get("mediapipe")))
     lines.append(Checks(manifest["checks"]).summary())
     return "\n".join(lines)
+
+
+def _mediapipe_lines(summary):
+    if not summary:
+        return []
+    if not summary["written"]:
+        return [f"TFLite Metadata / MediaPipe: {summary['reason']}"]
+    unit = "per-pixel" if summary["api"] == "ImageSegmenter" else "top-1"
+    lines = [f"MediaPipe {summary['mediapipe_version']} {summary['api']} vs LiteRT ({unit} agreement, "
+             f"{summary['images']} images; TFLite Metadata in every file):"]
+    for fmt, figures in summary.items():
+        if isinstance(figures, dict) and "ran" in figures:
+            lines.append(f"  {fmt}: " + (f"{100 * figures['agreement']:.2f}%" if figures["ran"] else
+                                         f"not run: {figures.get('hint') or figures['reason']}"))
+    return lines
 
 
 def _count(value):

@@ -23,6 +23,7 @@ import numpy as np
 
 # ITU-R BT.601 luma weights (tf.image.rgb_to_grayscale uses the same).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+CONVERSION = "BT.601 luma {:g} R + {:g} G + {:g} B (TFLite MUL and SUM)".format(*LUMA_WEIGHTS)
 RGB_CHANNELS = 3
 
 

@@ -8,7 +8,11 @@ Usage:
   python scripts/export.py --model=saved_models/quickstart
   python scripts/export.py --model=saved_models/quickstart/model.keras --branch=1 --test_limit=2000
   python scripts/export.py --model=saved_models/quickstart --int8_io=uint8 --formats=float32,int8
+  python scripts/export.py --model=saved_models/quickstart --rgb_input --int8_io=uint8   # MediaPipe Tasks
 The dataset (for int8 calibration and parity) defaults to the one in the run's results.json.
+Every TFLite file gets TFLite Metadata (labels, normalisation, image type) and is run by
+MediaPipe Tasks (ImageClassifier / ImageSegmenter) against LiteRT, in .venv-mediapipe
+(`make setup-mediapipe`); MediaPipe takes RGB uint8/float32 input only: --rgb_input, --int8_io=uint8.
 Exit status: 0 when every check passed, 1 when a check failed (files are still written),
 2 for a model that cannot be exported (not an MBAKT model, unknown branch).
 """
@@ -44,6 +48,16 @@ flags.DEFINE_integer("benchmark_runs", 200, "Timed LiteRT invocations per file (
 flags.DEFINE_integer("benchmark_warmup", 20, "Untimed LiteRT invocations before timing.")
 flags.DEFINE_integer("num_threads", 1, "LiteRT threads for parity runs and the benchmark.")
 flags.DEFINE_bool("strict", True, "Exit with status 1 when a parity or verification check fails.")
+flags.DEFINE_bool("rgb_input", False,
+                  "Files take RGB (H, W, 3) [0, 255], as MediaPipe Tasks feed them; a grayscale model "
+                  "converts in the graph (BT.601 luma, builtin ops).")
+flags.DEFINE_enum("tflite_metadata", "auto", ["auto", "require", "off"],
+                  "TFLite Metadata + MediaPipe Tasks check: auto (when .venv-mediapipe or "
+                  "$MBAKT_MEDIAPIPE_PYTHON has MediaPipe, else the manifest says why not), require, off.")
+flags.DEFINE_string("mediapipe_python", None,
+                    "Python with mediapipe (default: $MBAKT_MEDIAPIPE_PYTHON, then .venv-mediapipe).")
+flags.DEFINE_float("min_mediapipe_agreement", 0.99,
+                   "Least fraction of test images (pixels) where MediaPipe's class agrees with LiteRT's.")
 
 
 def export_config_from_flags():
@@ -59,6 +73,10 @@ def export_config_from_flags():
         benchmark_runs=FLAGS.benchmark_runs,
         benchmark_warmup=FLAGS.benchmark_warmup,
         num_threads=FLAGS.num_threads,
+        rgb_input=FLAGS.rgb_input,
+        tflite_metadata=FLAGS.tflite_metadata,
+        mediapipe_python=FLAGS.mediapipe_python,
+        min_mediapipe_agreement=FLAGS.min_mediapipe_agreement,
         strict=False,  # the script reports failed checks itself, then sets the exit status
     )
 
@@ -68,7 +86,8 @@ def main(argv):
 
     return run_checked_tool(
         argv, export_config_from_flags, export.export_from_file,
-        errors=(export.NotMBAKTModelError, ValueError, FileNotFoundError),
+        errors=(export.NotMBAKTModelError, ValueError, FileNotFoundError,
+                export.mediapipe_tasks.MediaPipeUnavailableError),
         report_text=lambda result: export.format_report(result.manifest),
         checks_file="manifest.json",
     )
