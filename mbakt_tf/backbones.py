@@ -277,6 +277,8 @@ def _inferred_levels(backbone):
     depends on the input through that layer alone (`branches.copy_of_stages`
     starts its copies there).
     """
+    if len(backbone.output.shape) != 4:
+        return {}  # e.g. a ViT: tokens, not feature maps
     height = backbone.input.shape[1]
     output_height = _spatial(backbone.output)[0]
     last = {}

@@ -15,7 +15,8 @@ never meet in one process: they talk through a folder.
   weights of their own (keras-cv's `SqueezeAndExcite2D`, `CrossStagePartial`,
   `HardSigmoidActivation`) are inlined by tracing their `call` symbolically;
   `keras.ops` calls in the graph (`x + 3.0`, `x * (1 / 6)`, `relu`, slicing)
-  become layers (`Rescaling`, `ReLU`, a strided-slice layer); activations that
+  become layers (`Rescaling`, `ReLU`, a strided-slice layer; a mean over height and
+  width, as in keras-hub's squeeze-and-excite, `GlobalAveragePooling2D`); activations that
   tf_keras defines differently (`hard_sigmoid`, `hard_silu`, `relu6`,
   `leaky_relu`) are spelled out in layers with the Keras 3 definition.
   Anything else raises `UnsupportedLayerError` naming the layer and its class.
@@ -142,6 +143,7 @@ class _Describer:
         self.count = 0
         self.shapes = {}  # tensor name -> static shape without the batch axis, where known
         self.current_output_shape = None
+        self.prefix = ""  # where the node being converted sits (nested models, traced layers)
 
     # ---------------------------------------------------------------- helpers
 
@@ -178,15 +180,17 @@ class _Describer:
     def unsupported(self, layer, why=""):
         kind = f"{type(layer).__module__}.{type(layer).__name__}"
         name = getattr(layer, "name", "?")
+        inside = f" (in {self.prefix.rstrip('_')!r})" if self.prefix else ""
         raise UnsupportedLayerError(
-            f"Cannot convert layer {name!r} of type {kind} to tf_keras{': ' + why if why else ''}. "
+            f"Cannot convert layer {name!r}{inside} of type {kind} to tf_keras"
+            f"{': ' + why if why else ''}. "
             "Supported: Conv2D, DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, "
             "ReLU, LeakyReLU, Activation, Softmax, Add, Subtract, Multiply, Average, Maximum, "
             "Minimum, Concatenate, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, "
             "GlobalMaxPooling2D, ZeroPadding2D, Cropping2D, UpSampling2D, Resizing, Rescaling, "
             "Reshape, Flatten, Permute, Dropout, SpatialDropout2D, Identity, nested Sequential/"
             "functional models, composite layers without weights of their own, and keras.ops "
-            "arithmetic with constants, activations and slicing."
+            "arithmetic with constants, activations, slicing and means over height and width."
         )
 
     # ------------------------------------------------------------------- walk
@@ -247,6 +251,7 @@ class _Describer:
 
     def node(self, op, args, kwargs, outputs, scope, prefix):
         keras = self.keras
+        self.prefix = prefix
         kwargs = {k: v for k, v in kwargs.items() if k not in ("training", "mask")}
         if any(isinstance(v, keras.KerasTensor) for v in keras.tree.flatten(kwargs)):
             self.unsupported(op, f"tensor keyword arguments {sorted(kwargs)}")
@@ -459,10 +464,20 @@ class _Describer:
             return self.add("BridgeSlice", {"key": _encode_key(args[1])}, resolved[0], name)
         if kind == "Concatenate" and tensors == [False] and not kwargs:
             return self.add("Concatenate", {"axis": int(op.axis)}, resolved[0], name)
+        if kind == "Mean" and tensors == [True] and not kwargs and self.spatial_axes(op.axis, resolved[0]):
+            # keras-hub's squeeze-and-excite: ops.mean(x, axis=(1, 2), keepdims=True)
+            return self.add("GlobalAveragePooling2D", {"keepdims": bool(op.keepdims)}, resolved[0], name)
         if kind == "Reshape" and tensors[:1] == [True]:
             return self.add("Reshape", {"target_shape": [int(d) for d in op.newshape][1:]},
                             resolved[0], name)
         self.unsupported(op, "this keras.ops operation")
+
+    def spatial_axes(self, axis, x):
+        """True when `axis` is exactly the height and width axes of the (B, H, W, C) tensor `x`."""
+        shape = self.shapes.get(x)
+        if shape is None or len(shape) != 3 or axis is None:
+            return False
+        return sorted(int(a) % 4 for a in axis) == [1, 2]
 
     # ------------------------------------------------------------ activations
 
