@@ -54,8 +54,10 @@ def panels(history):
     label = "mIoU" if metric == "miou" else "accuracy"
     suffix = f"_{metric}"
     # head_order keeps only main / branch_k / ensemble (not e.g. d_balanced_accuracy).
-    train_heads = head_order({k[: -len(suffix)] for k in history if k.endswith(suffix) and not k.startswith("val_")})
-    val_heads = head_order({k[len("val_"): -len(suffix)] for k in history if k.startswith("val_") and k.endswith(suffix)})
+    train_heads = head_order({k[: -len(suffix)] for k in history
+                              if k.endswith(suffix) and not k.startswith("val_")})
+    val_heads = head_order({k[len("val_"): -len(suffix)] for k in history
+                            if k.startswith("val_") and k.endswith(suffix)})
     drawn = {
         f"train {label}": [f"{head}{suffix}" for head in train_heads],
         f"validation {label}": [f"val_{head}{suffix}" for head in val_heads],

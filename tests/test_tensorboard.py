@@ -139,3 +139,24 @@ def test_train_script_rejects_an_unwritable_run_folder(tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"--output_dir/--run_name: Cannot write to '{blocker}/run': Not a directory" in result.stderr
     assert "Epoch 1" not in result.stdout
+
+
+def test_a_comparison_is_one_tensorboard_log_root(tmp_path):
+    # What `tensorboard --logdir <compare out_dir>` sees: one run per variant, seed and split.
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+
+    from mbakt_tf import comparison
+
+    out_dir = tmp_path / "compare"
+    config = tiny_train_config(tmp_path, epochs=1)
+    comparison.run_comparison(
+        config, MBAKTConfig(), ["plain"], seeds=[0, 1], out_dir=str(out_dir), log=lambda _: None
+    )
+    multiplexer = plugin_event_multiplexer.EventMultiplexer().AddRunsFromDirectory(str(out_dir))
+    multiplexer.Reload()
+    assert sorted(multiplexer.Runs()) == [
+        f"runs/plain_seed{seed}/logs/{split}" for seed in (0, 1) for split in ("train", "validation")
+    ]
+    for seed in (0, 1):
+        tags = multiplexer.GetAccumulator(f"runs/plain_seed{seed}/logs/validation").Tags()["tensors"]
+        assert "epoch_main_accuracy" in tags
