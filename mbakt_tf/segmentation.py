@@ -9,14 +9,21 @@ sits there and its logits are upsampled to the input resolution, so the main
 branch predicts every pixel. With the small-image backbones (stage 1 at full
 resolution) no upsampling is needed; keras-cv backbones start at stride 2-4.
 
-*Auxiliary branches* hang off earlier (coarser) decoder steps: a 1x1 conv head
-whose logits are upsampled to the input resolution, so every branch predicts
-the same full-resolution map and per-pixel ce / kd apply unchanged. For the
-hint loss each branch also has an adaptation block (3x3 conv-BN-ReLU, or
-depthwise-separable for mobile backbones, then bilinear upsampling) that
-brings its decoder features to the shape of the main branch's final decoder
-features. The adaptation blocks feed only the hint: an early-exit model (the
-backbone, the decoder up to the branch's step and its head) does not hold them.
+*Auxiliary branches* come in the three designs of `branches`, per pixel. Every
+branch ends in a 1x1 conv head whose logits are upsampled to the input
+resolution, so every branch predicts the same full-resolution map and
+per-pixel ce / kd apply unchanged.
+
+* `"exit"`: the head sits on an earlier (coarser) decoder step. For the hint
+  loss each branch also has an adaptation block (3x3 conv-BN-ReLU, or
+  depthwise-separable for mobile backbones, then bilinear upsampling) that
+  brings its decoder features to the shape of the main branch's final decoder
+  features. The adaptation blocks feed only the hint: an early-exit model (the
+  backbone, the decoder up to the branch's step and its head) does not hold
+  them.
+* `"peer"`: fresh copies of the last decoder step(s), with the same skip
+  connections, on the shared encoder and earlier steps.
+* `"deep"`: the branch on step s runs its own copies of the steps after s.
 
 Decoder steps are numbered like backbone stages in `branches`: 1 is the
 shallowest (coarsest, fewest layers), the last one carries the main head, and
@@ -137,6 +144,9 @@ def build_segmentation_network(
     decoder_channels=None,
     gated=False,
     gate_main_weight=None,
+    branch_design="exit",
+    peer_stages=1,
+    num_peers=2,
     name="mbakt_segmentation_network",
 ):
     """Builds the multi-branch encoder-decoder on `backbone` (a functional keras model).
@@ -146,9 +156,9 @@ def build_segmentation_network(
             `pyramid_level_inputs` and a static input shape; it receives raw
             pixels (see `branches.build_multi_branch_network`).
         num_classes: classes per pixel (background included).
-        branch_stages: decoder steps (1 = coarsest) with an auxiliary head,
+        branch_stages: decoder steps (1 = coarsest) with an auxiliary branch,
             see `branches.resolve_branch_stages`; the last step is the main
-            branch's.
+            branch's (`"exit"` and `"deep"`).
         with_branches: False builds the plain encoder-decoder (main head only).
         adaptation: `"conv"`, `"separable"` or `"auto"` (separable for mobile
             backbones): the kind of the hint adaptation blocks.
@@ -156,6 +166,13 @@ def build_segmentation_network(
         gated: adds the ensemble gate output `gate` (one softmax weight per
             head and image, from the backbone's pooled last stage).
         gate_main_weight: the main head's initial gate weight.
+        branch_design: `"exit"` (a head and a hint adaptation block on an
+            earlier decoder step), `"peer"` (`num_peers` fresh copies of the
+            last `peer_stages` decoder steps, each with its own head, on the
+            shared encoder and earlier steps: ONE's peers, per pixel) or
+            `"deep"` (the branch on step s continues with its own copies of
+            the steps after s). Copies take the same skip connections.
+        peer_stages, num_peers: see `branch_design`.
 
     Returns:
         A functional `keras.Model(image -> dict)`, see the module doc.
@@ -169,22 +186,30 @@ def build_segmentation_network(
     stages = backbones_lib.stage_outputs(backbone)
     widths = resolve_decoder_channels([s.shape[-1] for s in stages], decoder_channels)
 
-    # Decoder, coarsest step first: step j sits at the resolution of stage N - j + 1.
-    steps = []
-    x = _conv_bn_relu(stages[-1], widths[0], 3, name="decoder_step1")
-    steps.append(x)
-    for j, skip in enumerate(reversed(stages[:-1]), start=2):
-        x = resize_to(x, skip.shape[1], skip.shape[2], name=f"decoder_step{j}_upsample")
-        x = keras.layers.Concatenate(name=f"decoder_step{j}_concat")([x, skip])
-        x = _conv_bn_relu(x, widths[j - 1], 3, name=f"decoder_step{j}")
-        steps.append(x)
+    skips = list(reversed(stages[:-1]))  # the skip connection of step j is skips[j - 2]
 
+    def decoder_steps(x, first, prefix):
+        """Decoder steps `first`..last on `x` (the output of step `first - 1`, or the last stage)."""
+        built = []
+        for j in range(first, len(stages) + 1):
+            if j > 1:
+                skip = skips[j - 2]
+                x = resize_to(x, skip.shape[1], skip.shape[2], name=f"{prefix}step{j}_upsample")
+                x = keras.layers.Concatenate(name=f"{prefix}step{j}_concat")([x, skip])
+            x = _conv_bn_relu(x, widths[j - 1], 3, name=f"{prefix}step{j}")
+            built.append(x)
+        return built
+
+    # Decoder, coarsest step first: step j sits at the resolution of stage N - j + 1.
+    steps = decoder_steps(stages[-1], 1, "decoder_")
     main_features = steps[-1]
     outputs = {
         f"{MAIN}_features": main_features,
         f"{MAIN}_logits": segmentation_head(main_features, num_classes, height, width, MAIN),
     }
-    if with_branches:
+    if not with_branches:
+        return keras.Model(images, outputs, name=name)
+    if branch_design == "exit":
         separable = branches_lib.separable_adaptation(backbone, adaptation)
         chosen = branches_lib.resolve_branch_stages(len(steps), branch_stages)
         for k, step in enumerate(chosen, start=1):
@@ -193,8 +218,24 @@ def build_segmentation_network(
             outputs[f"{branch}_features"] = hint_adaptation_block(
                 features, tuple(main_features.shape[1:]), separable, f"{branch}_adapt")
             outputs[f"{branch}_logits"] = segmentation_head(features, num_classes, height, width, branch)
-        if gated:
-            outputs["gate"] = branches_lib.ensemble_gate(stages[-1], len(chosen) + 1, gate_main_weight)
+    elif branch_design in ("peer", "deep"):
+        if branch_design == "peer":
+            first = len(steps) - branches_lib.resolve_peer_stages(len(steps), peer_stages) + 1
+            if num_peers < 1:
+                raise ValueError(f"num_peers must be >= 1, got {num_peers}.")
+            starts = [first] * num_peers
+        else:
+            starts = [s + 1 for s in branches_lib.resolve_branch_stages(len(steps), branch_stages)]
+        for k, start in enumerate(starts, start=1):
+            branch = f"branch_{k}"
+            features = decoder_steps(steps[start - 2], start, f"{branch}_decoder_")[-1]
+            outputs[f"{branch}_features"] = features  # shaped like main_features: no adaptation
+            outputs[f"{branch}_logits"] = segmentation_head(features, num_classes, height, width, branch)
+    else:
+        raise ValueError(f"Unknown branch_design {branch_design!r}; known: 'exit', 'peer', 'deep'.")
+    if gated:
+        outputs["gate"] = branches_lib.ensemble_gate(
+            stages[-1], len(branches_lib.branch_names_of(outputs)), gate_main_weight)
     return keras.Model(images, outputs, name=name)
 
 

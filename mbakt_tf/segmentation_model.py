@@ -83,11 +83,6 @@ class MBAKTSegmenter(MBAKT):
         if task != "segmentation":
             raise ValueError(f"MBAKTSegmenter is for task='segmentation', got {task!r}.")
         config = config or MBAKTConfig()
-        if config.uses_branches and config.resolved_branch_design("segmentation") != "exit":
-            raise ValueError(
-                f"branch_design={config.branch_design!r} is not built for segmentation yet: the "
-                "encoder-decoder has auxiliary heads on its decoder steps (branch_design='exit')."
-            )
         network = segmentation.build_segmentation_network(
             resolve_backbone(backbone, input_shape),
             num_classes,
@@ -97,6 +92,9 @@ class MBAKTSegmenter(MBAKT):
             decoder_channels=decoder_channels,
             gated=config.uses_gate,
             gate_main_weight=config.gate_main_weight,
+            branch_design=config.resolved_branch_design("segmentation"),
+            peer_stages=config.peer_stages,
+            num_peers=config.num_peers,
         )
         discriminator = None
         if config.uses_adversary:

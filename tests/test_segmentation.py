@@ -60,7 +60,11 @@ def run_segmenter_test(model, images, labels, tmp_dir, expected_branches):
     np.testing.assert_allclose(main.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
     for branch in model.branch_names[1:]:
         early_exit = model.branch_model(branch)
-        assert early_exit.count_params() < main.count_params() < model.network.count_params()
+        assert main.count_params() < model.network.count_params()
+        if model.config.resolved_branch_design("segmentation") == "exit":
+            assert early_exit.count_params() < main.count_params()
+        else:  # a peer, or a deep branch, is a whole encoder-decoder of the main branch's size
+            assert early_exit.count_params() == main.count_params()
         assert not [layer for layer in early_exit.layers if "_adapt" in layer.name]
 
     restored = mbakt_tf.MBAKTSegmenter.from_config(model.get_config())
@@ -102,10 +106,23 @@ class SegmenterTest(parameterized.TestCase):
             np.asarray(model.branch_logits(self.images)["ensemble"]),
             (stacked * gate[:, None, None, None, :]).sum(-1), rtol=1e-5, atol=1e-5)
 
-    def test_peer_and_deep_designs_are_refused_with_a_clear_error(self):
-        for design in ("peer", "deep"):
-            with self.assertRaisesRegex(ValueError, f"branch_design='{design}' is not built for segmentation"):
-                tiny_segmenter(mode="mbakt", branch_design=design)
+    @parameterized.named_parameters(("peer", "peer"), ("deep", "deep"))
+    def test_peer_and_deep_decoders(self, design):
+        """Peers copy the last decoder step, a deep branch every step after its own; every copy has
+        new weights, the main branch stays the plain encoder-decoder, and training runs end to end."""
+        model = tiny_segmenter(mode="mbakt", branch_design=design, ensemble="gated", gate_main_weight=0.8)
+        plain = tiny_segmenter(mode="plain").main_model()
+        assert model.main_model().count_params() == plain.count_params()
+        layers = {layer.name: layer for layer in model.network.layers}
+        # small_resnet8: 3 stages, decoder steps 1-3. Peers copy step 3; deep branches sit on steps
+        # 1 and 2 (the default branch_stages), so branch_1 copies steps 2 and 3.
+        copied = sorted(n for n in layers if n.startswith("branch_1_decoder_") and n.endswith("_conv"))
+        assert copied == (["branch_1_decoder_step3_conv"] if design == "peer" else
+                          ["branch_1_decoder_step2_conv", "branch_1_decoder_step3_conv"])
+        assert not np.allclose(np.asarray(layers["branch_1_decoder_step3_conv"].kernel),
+                               np.asarray(layers["decoder_step3_conv"].kernel))
+        assert len(model.branch_names) == 3  # two peers, or one deep branch per step 1 and 2
+        run_segmenter_test(model, self.images, self.labels, self.create_tempdir().full_path, 2)
 
     def test_keras_cv_backbone_heads_are_full_resolution(self):
         # MobileNetV3: stride-2 first stage, two stages at the same resolution.
