@@ -37,6 +37,7 @@ def test_variant_configs_and_unknown_variant():
     # Published methods keep their own design whatever the base says.
     byot = comparison.variant_config(MBAKTConfig(branch_design="peer", ensemble="gated"), "byot")
     assert (byot.mode, byot.branch_design, byot.resolved_teacher, byot.uses_gate) == ("byot", "exit", "main", False)
+    assert byot.alpha == 0.5  # BYOT distils whatever MBAKT's default alpha is
     one = comparison.variant_config(base, "one")
     assert (one.resolved_branch_design(), one.ensemble, one.alpha, one.beta, one.gamma) == ("peer", "gated", 0.5, 0.0, 0.0)
     assert one.uses_gate and not one.uses_adversary and one.gate_main_weight is None
