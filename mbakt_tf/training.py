@@ -177,7 +177,16 @@ def tensorboard_callback(log_dir, steps=0):
     `epoch_learning_rate` is the generator optimizer's rate at the epoch's
     end. `steps` > 0 also logs every training entry as `batch_<name>` every
     `steps` steps. No graph (large for the two-optimizer step), no profiling.
+    Raises `ImportError` at once without the `tensorboard` package (Keras
+    would only fail at the first epoch's end, in `tf.summary.scalar`).
     """
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "TensorBoard logs need the tensorboard package (pip install tensorboard); "
+            "or switch them off with tensorboard=False (--tensorboard=false)."
+        ) from error
     return keras.callbacks.TensorBoard(
         log_dir, update_freq=steps or "epoch", write_graph=False, profile_batch=0,
     )
@@ -306,6 +315,7 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
     # deleted: every worker does the same work, only the chief's output stays.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="mbakt_worker_")
     log_dir = check_run_dirs(train_config, write_dir)  # before any work: fails on a folder it cannot write
+    tensorboard = None if log_dir is None else tensorboard_callback(log_dir, train_config.tensorboard_steps)
 
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -339,8 +349,8 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
     if strategy.num_replicas_in_sync > 1:
         # Keras BN keeps one moving average per replica: evaluate and save their mean.
         run_callbacks.append(distribute.AverageReplicaStatistics(strategy))
-    if log_dir is not None:
-        run_callbacks.append(tensorboard_callback(log_dir, train_config.tensorboard_steps))
+    if tensorboard is not None:
+        run_callbacks.append(tensorboard)
     run_callbacks += list(callbacks)
     initial_epoch = backup.initial_epoch if backup is not None else 0
     # One stream of batches for the whole run (see resume.training_stream):

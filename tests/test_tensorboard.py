@@ -160,3 +160,10 @@ def test_a_comparison_is_one_tensorboard_log_root(tmp_path):
     for seed in (0, 1):
         tags = multiplexer.GetAccumulator(f"runs/plain_seed{seed}/logs/validation").Tags()["tensors"]
         assert "epoch_main_accuracy" in tags
+
+
+def test_without_the_tensorboard_package_the_callback_fails_at_once(tmp_path, monkeypatch):
+    # `sys.modules[name] = None` makes `import name` raise ImportError, as if it were not installed.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ImportError, match=r"pip install tensorboard.*--tensorboard=false"):
+        training.tensorboard_callback(str(tmp_path / "logs"))
