@@ -152,6 +152,20 @@ def test_main_export_writes_every_format_and_passes_its_checks(run, main_export)
     assert any("fresh process" in m for m in messages) and any("int8" in m for m in messages)
 
 
+def test_grayscale_files_get_metadata_and_say_why_mediapipe_cannot_run_them(main_export):
+    """A 16x16x1 model without rgb_input: MediaPipe Tasks take RGB only (tests/test_mediapipe.py runs them)."""
+    manifest = main_export[0].manifest
+    summary = manifest["mediapipe"]
+    if not summary["written"]:  # no MediaPipe Python here: the manifest says so
+        assert "make setup-mediapipe" in summary["reason"]
+        return
+    for fmt in FORMATS:
+        metadata = manifest["files"][fmt]["tflite_metadata"]
+        assert metadata["written"] and metadata["input"]["color_space"] == "GRAYSCALE"
+        figures = manifest["evaluation"][fmt]["mediapipe"]
+        assert not figures["ran"] and "RGB" in figures["reason"] and "rgb_input" in figures["hint"]
+
+
 def test_saved_model_signature_and_parity(run, main_export, test_images):
     result, _ = main_export
     images = test_images[0]

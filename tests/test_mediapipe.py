@@ -173,31 +173,56 @@ np.savez(sys.argv[2], masks=np.stack(masks).reshape(inputs["images"].shape[:3]))
 
 
 def test_image_segmenter_per_pixel_classes_match_litert(mediapipe_python, tmp_path):
-    labels = np.random.default_rng(0).integers(0, 4, size=(24, 16, 16))
-    result = _export(tiny_segmenter(), tmp_path / "segmenter", labels, formats=("float32",))
-    manifest = result.manifest
-    figures = manifest["evaluation"]["float32"]["mediapipe"]
-    assert figures["api"] == "ImageSegmenter" and figures["output"] == "probabilities"
+    """A tiny segmenter's RGB float32 file through `mediapipe_tasks` (the exporter's path, without
+    the rest of the export), then MediaPipe's ImageSegmenter read independently."""
+    from mbakt_tf import serving, tflite
+
+    keras_model = rgb_input.with_rgb_input(tiny_segmenter().main_model(name="main_branch"))
+    serving.write_saved_model(keras_model, str(tmp_path / "saved_model"))
+    path = str(tmp_path / "model_float32.tflite")
+    with open(path, "wb") as f:
+        f.write(tflite.convert_tflite(str(tmp_path / "saved_model"), "float32"))
+    images = rgb_input.to_rgb(_images(8, seed=3)).astype(np.uint8)
+    result = mediapipe_tasks.embed_and_run(
+        [{"key": "float32", "path": path, "task": "segmenter", "labels": LABELS}], images,
+        python=mediapipe_python)
+    doc = result["files"]["float32"]
+    assert doc["metadata"]["written"] and doc["metadata"]["labels"] == LABELS
+    assert doc["metadata"]["outputs"] == ["logits", "probabilities"]
+    assert doc["tasks"]["ran"] and doc["tasks"]["api"] == "ImageSegmenter"
+    lite = _litert(path, images.astype(np.float32))  # this process's own LiteRT, metadata included
+    figures = mediapipe_tasks.segmenter_agreement(doc["outputs"]["category_mask"], lite["probabilities"])
     assert figures["pixel_agreement"] >= 0.99
-    assert {c["name"]: c["passed"] for c in manifest["checks"]}["float32_mediapipe_agrees_with_litert"]
-    # Independently: MediaPipe's category masks against this process's LiteRT argmax.
-    path = result.files["float32"]
-    images = rgb_input.to_rgb(_images(6, seed=3)).astype(np.uint8)
+    # Independently of mediapipe_tasks: MediaPipe's category masks against LiteRT's argmax.
     outputs, _ = _in_mediapipe(mediapipe_python, _SEGMENT, tmp_path, path=path, images=images)
-    lite = _litert(path, images.astype(np.float32))
     assert np.mean(outputs["masks"] == lite["probabilities"].argmax(-1)) >= 0.99
 
 
-def test_files_mediapipe_cannot_run_are_named_with_its_reason(mediapipe_python, tmp_path):
-    """int8 input (Tasks take uint8 or float32): metadata still written, the reason and fix recorded."""
-    result = _export(tiny_model(), tmp_path / "int8", np.arange(24) % 4, formats=("int8",), int8_io="int8")
-    manifest = result.manifest
-    assert manifest["files"]["int8"]["tflite_metadata"]["written"]
-    figures = manifest["evaluation"]["int8"]["mediapipe"]
-    assert not figures["ran"] and "INT8" in figures["reason"] and "int8_io='uint8'" in figures["hint"]
-    assert not manifest["mediapipe"]["int8"]["ran"]
-    assert "not run" in export.format_report(manifest)
-    assert not any(c["name"] == "int8_mediapipe_agrees_with_litert" for c in manifest["checks"])
+@pytest.mark.slow
+def test_segmenter_export_records_per_pixel_agreement(mediapipe_python, tmp_path):
+    labels = np.random.default_rng(0).integers(0, 4, size=(24, 16, 16))
+    manifest = _export(tiny_segmenter(), tmp_path / "segmenter", labels, formats=("float32",)).manifest
+    figures = manifest["evaluation"]["float32"]["mediapipe"]
+    assert figures["api"] == "ImageSegmenter" and figures["output"] == "probabilities"
+    assert figures["pixel_agreement"] >= 0.99 and manifest["mediapipe"]["float32"]["ran"]
+    assert {c["name"]: c["passed"] for c in manifest["checks"]}["float32_mediapipe_agrees_with_litert"]
+    assert manifest["files"]["float32"]["tflite_metadata"]["outputs"] == ["logits", "probabilities"]
+
+
+def test_mediapipe_refusal_is_reported_with_its_reason(classifier_export, mediapipe_python, tmp_path):
+    """An int8-input file (Tasks take uint8 or float32): metadata still written, MediaPipe's error kept."""
+    from mbakt_tf import tflite
+
+    saved_model = classifier_export.files["saved_model"]
+    path = tmp_path / "model_int8.tflite"
+    representative = rgb_input.to_rgb(_images(8))
+    path.write_bytes(tflite.convert_tflite(saved_model, "int8", representative, int8_io="int8"))
+    result = mediapipe_tasks.embed_and_run(
+        [{"key": "int8", "path": str(path), "task": "classifier", "labels": LABELS}],
+        representative.astype(np.uint8), python=mediapipe_python)
+    doc = result["files"]["int8"]
+    assert doc["metadata"]["written"] and doc["metadata"]["labels"] == LABELS
+    assert not doc["tasks"]["ran"] and "INT8" in doc["tasks"]["error"] and "outputs" not in doc
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
