@@ -151,7 +151,10 @@ def check_backbone(backbone):
     elif not isinstance(backbone, keras.Model):
         hint = ""
     else:
-        inputs = backbone.inputs if getattr(backbone, "_inputs_struct", None) is not None else []
+        try:
+            inputs = list(backbone.inputs or [])
+        except (AttributeError, ValueError):  # a subclassed model never called on an Input
+            inputs = []
         if len(inputs) == 1 and len(inputs[0].shape) == 4:
             return
         hint = f" It has {len(inputs)} input(s) of shapes {[tuple(t.shape) for t in inputs]}, not one image input."
@@ -288,7 +291,7 @@ def _inferred_levels(backbone):
         if hasattr(layer.output, "shape") and len(layer.output.shape) == 4:
             last[_spatial(layer.output)] = layer
     levels = {}
-    for (size, _), layer in sorted(last.items(), key=lambda item: -item[0][0]):
+    for (size, _), layer in sorted(last.items(), key=lambda item: -(item[0][0] or 0)):
         if size is None or not output_height <= size < height:
             continue
         if not _reaches_input_only_through(backbone.output, layer.output):
@@ -319,8 +322,8 @@ def pyramid_levels(backbone):
         if layer is None:
             raise ValueError(
                 f"Pyramid level {key} of {backbone.name!r} comes from "
-                f"{type(tensor._keras_history[0]).__name__} {tensor._keras_history[0].name!r}, not "
-                "from a layer called once: its stages cannot be cut out."
+                f"{type(tensor._keras_history[0]).__name__} {tensor._keras_history[0].name!r}, "
+                "which is not a layer with that tensor as its output: its stages cannot be cut out."
             )
         if tensor is backbone.output or _spatial(tensor) != _spatial(backbone.output):
             levels[key] = layer.name
