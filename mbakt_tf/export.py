@@ -634,11 +634,14 @@ class _Export:
                         f"names, normalisation {normalization}, outputs {written['outputs']}")
 
     def _mediapipe_hint(self, structure):
+        """What would make MediaPipe Tasks run this file (every fix that applies), or None."""
+        fixes = []
         if self.file_input_shape[-1] != rgb_input.RGB_CHANNELS:
-            return "MediaPipe Tasks take RGB images: export with rgb_input=True (--rgb_input)"
+            fixes.append("MediaPipe Tasks take RGB images: export with rgb_input=True (--rgb_input)")
         if structure["input"]["dtype"] == "int8":
-            return "MediaPipe Tasks take uint8 or float32 input: export with int8_io='uint8' (--int8_io=uint8)"
-        return None
+            fixes.append("MediaPipe Tasks take uint8 or float32 input: export with int8_io='uint8' "
+                         "(--int8_io=uint8)")
+        return "; ".join(fixes) or None
 
     def _mediapipe_agreement(self, fmt, structure, lite, outputs):
         """MediaPipe's classes (per pixel for a segmenter) against LiteRT's on the same uint8 images."""
