@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # tensorflow-model-optimization (QAT, pruning) needs tf_keras, pins absl-py~=1.2 and sets
 # TF_USE_LEGACY_KERAS on import: it lives in a virtualenv of its own, which mbakt_tf.optimize
-# runs as a separate process (docs/optimize.md).
+# runs as a separate process (README, "Quantization-aware training and pruning").
 OPTIMIZE_VENV ?= .venv-optimize
 # MediaPipe (TFLite Metadata writers, the Tasks API Android apps call) in a virtualenv of its own:
 # 0.10.21 is the last release whose wheel ships the metadata writers' native part (later ones,
