@@ -106,7 +106,8 @@ def test_with_rescaling_takes_raw_pixels_and_keeps_weights_and_stages():
 
 @pytest.mark.parametrize("family, design, expected_branches", [
     ("resnet", "peer", 2), ("mobilenet", "exit", 3)])
-def test_classification_trains_and_main_branch_is_the_plain_network(family, design, expected_branches):
+def test_classification_trains_saves_and_main_branch_is_the_plain_network(
+        family, design, expected_branches, tmp_path):
     build = HUB_BACKBONES[family]
     model = mbakt_tf.MBAKT.from_backbone(build(), NUM_CLASSES, config=_config(branch_design=design))
     assert model.branch_names == ["main"] + [f"branch_{k}" for k in range(1, expected_branches + 1)]
@@ -117,6 +118,9 @@ def test_classification_trains_and_main_branch_is_the_plain_network(family, desi
     assert np.isfinite(history.history["loss"][0])
     after = model.main_model().trainable_weights
     assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, after))  # the step trained it
+    model.save(tmp_path / "model.keras")  # keras-hub layers (MobileNet's blocks) reload by themselves
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
 
     backbone = build()
     plain = mbakt_tf.MBAKT.from_backbone(backbone, NUM_CLASSES, config=_config(mode="plain"))
