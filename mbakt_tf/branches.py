@@ -36,8 +36,7 @@ import numpy as np
 from mbakt_tf import backbones as backbones_lib
 
 MAIN = "main"
-# Batch-norm statistics that settle within a few hundred steps (Keras defaults to 0.99).
-BN_MOMENTUM = 0.9
+BN_MOMENTUM = backbones_lib.BN_MOMENTUM  # one momentum for every batch norm we build
 
 
 def branch_names(network):
@@ -176,10 +175,12 @@ def build_multi_branch_network(
     """Builds the multi-branch network on `backbone` (a functional keras model).
 
     Args:
-        backbone: a keras-cv backbone, or any functional model with
-            `pyramid_level_inputs` and a static input shape. The network feeds
-            it raw pixels: a backbone for [0, 255] images rescales them itself
-            (keras-cv's `include_rescaling=True`, as `build_backbone` does).
+        backbone: a keras-cv or keras-hub backbone, or any functional model
+            with `pyramid_level_inputs` and a static input shape (see
+            `backbones.stage_layer_names`). The network feeds it raw pixels: a
+            backbone for [0, 255] images rescales them itself (keras-cv's
+            `include_rescaling=True`, as `build_backbone` does; a keras-hub
+            backbone through `backbones.with_rescaling`).
         num_classes: number of classes of every head.
         branch_stages: stage indices for auxiliary branches, see
             `resolve_branch_stages`.

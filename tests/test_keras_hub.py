@@ -205,11 +205,19 @@ def test_tf_keras_bridge_rebuilds_hub_main_branches(hub_bridges, tmp_path):
     assert {"GlobalAveragePooling2D", "Multiply", "ReLU"} <= mobilenet_classes
 
 
-def test_bridge_error_names_the_layer_it_cannot_express():
+class _ChannelMax(keras.layers.Layer):
+    """A custom block (as keras-hub's are) whose call holds an op the bridge has no layer for."""
+
+    def call(self, x):
+        return keras.ops.max(x, axis=-1, keepdims=True)
+
+
+def test_bridge_error_names_the_op_and_the_layer_it_sits_in():
     image = keras.Input(SHAPE)
     x = keras.layers.Conv2D(4, 3, name="conv")(image)
-    x = keras.ops.max(x, axis=-1, keepdims=True)  # a channel max: no tf_keras layer for it here
-    with pytest.raises(tf_keras_bridge.UnsupportedLayerError, match="Cannot convert layer 'max'"):
+    x = _ChannelMax(name="channel_max_block")(x)
+    with pytest.raises(tf_keras_bridge.UnsupportedLayerError,
+                       match="Cannot convert layer 'max' \\(in 'channel_max_block'\\)"):
         tf_keras_bridge.describe(keras.Model(image, x))
 
 
