@@ -36,7 +36,8 @@ import numpy as np
 from mbakt_tf import backbones as backbones_lib
 
 MAIN = "main"
-BN_MOMENTUM = backbones_lib.BN_MOMENTUM  # one momentum for every batch norm we build
+# Batch-norm statistics that settle within a few hundred steps (Keras defaults to 0.99).
+BN_MOMENTUM = 0.9
 
 
 def branch_names(network):
