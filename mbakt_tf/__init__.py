@@ -1,18 +1,46 @@
 """mbakt_tf: Multi-Branched Adversarial Knowledge Transfer for Keras 3 / TensorFlow.
 
+`import mbakt_tf` is light: the model classes and every submodule load on
+first use (`mbakt_tf.MBAKT`, `mbakt_tf.export`, ...), so scripts answer
+`--help` and usage errors before TensorFlow loads.
+
 Example:
 ```python
 import keras, mbakt_tf
 model = mbakt_tf.MBAKT.from_backbone("small_resnet8", num_classes=10, input_shape=(28, 28, 1))
 model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
 ```
+
+A `.keras` file of an MBAKT model loads once its class is registered, that
+is after `mbakt_tf.MBAKT` (or `mbakt_tf.saved_runs.load_mbakt_model`) was used.
 """
 
-from mbakt_tf import backbones, branches, discriminator, losses
-from mbakt_tf.config import MBAKTConfig
-from mbakt_tf.model import MBAKT
-from mbakt_tf.segmentation_model import MBAKTSegmenter
+import importlib
+import pkgutil
 
 __version__ = "0.1.0"
 
-__all__ = ["MBAKT", "MBAKTConfig", "MBAKTSegmenter", "backbones", "branches", "discriminator", "losses"]
+# Top-level names and the module that defines each.
+_CLASSES = {
+    "MBAKT": "mbakt_tf.model",
+    "MBAKTConfig": "mbakt_tf.config",
+    "MBAKTSegmenter": "mbakt_tf.segmentation_model",
+}
+_SUBMODULES = sorted(module.name for module in pkgutil.iter_modules(__path__))
+
+__all__ = sorted(_CLASSES) + _SUBMODULES
+
+
+def __getattr__(name):
+    """Imports a top-level class or a submodule the first time it is asked for."""
+    if name in _CLASSES:
+        value = getattr(importlib.import_module(_CLASSES[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also sets the package attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -57,9 +57,9 @@ def write_text(path, text):
             f.write(text)
 
 
-def write_json(path, value, indent=2):
+def write_json(path, value, indent=2, sort_keys=False):
     """Writes `value` as JSON to `path` atomically."""
-    write_text(path, json.dumps(value, indent=indent))
+    write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys))
 
 
 def save_model(model, path, **kwargs):

@@ -36,8 +36,7 @@ import numpy as np
 from mbakt_tf import backbones as backbones_lib
 
 MAIN = "main"
-# Batch-norm statistics that settle within a few hundred steps (Keras defaults to 0.99).
-BN_MOMENTUM = 0.9
+BN_MOMENTUM = backbones_lib.BN_MOMENTUM  # one momentum for every batch norm we build
 
 
 def branch_names(network):

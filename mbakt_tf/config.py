@@ -12,6 +12,24 @@ ENSEMBLES = ("mean", "gated", "gated_detached")
 DISCRIMINATOR_CONDITIONS = ("none", "label")
 
 
+def config_field(default, help, choices=None):  # noqa: A002 - `help` as in absl's DEFINE_*
+    """A dataclass field with the help text and choices its command-line flag shows.
+
+    The scripts derive their flags from these (`mbakt_tf.cli.config_flags`),
+    so a default or a choice is written once, here. (The Args sections of the
+    docstrings say more; `help` is the one-line flag text.)
+
+    Example:
+    >>> @dataclasses.dataclass
+    ... class Config:
+    ...     mode: str = config_field("a", "Which mode.", ("a", "b"))
+    >>> field = dataclasses.fields(Config)[0]
+    >>> field.default, field.metadata["help"], field.metadata["choices"]
+    ('a', 'Which mode.', ('a', 'b'))
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclasses.dataclass
 class MBAKTConfig:
     """What the MBAKT training step optimises.
@@ -101,28 +119,51 @@ class MBAKTConfig:
     True
     """
 
-    mode: str = "mbakt"
-    alpha: float = 0.0
-    beta: float = 0.05
-    gamma: float = 0.1
-    temperature: float = 3.0
-    adversarial_temperature: float = 1.0
-    adversarial_warmup_steps: int = 500
-    discriminator_steps: int = 1
-    discriminator_label_smoothing: float = 0.1
-    discriminator_units: Tuple[int, ...] = (64, 64)
-    adversarial_input: str = "logits"
-    teacher: Optional[str] = None
-    branch_stages: Optional[Tuple[int, ...]] = None
-    adaptation: str = "auto"
-    branch_design: Optional[str] = None
-    peer_stages: int = 1
-    num_peers: int = 2
-    ensemble: str = "gated"
-    gate_main_weight: Optional[float] = 0.8
-    distillation_warmup_steps: int = 500
-    discriminator_condition: str = "label"
-    max_adversarial_grad_ratio: Optional[float] = 0.1
+    mode: str = config_field(
+        "mbakt", "plain: main branch only; byot: self-distillation; mbakt: all four losses.", MODES)
+    alpha: float = config_field(0.0, "Weight of distillation against cross-entropy, in [0, 1].")
+    beta: float = config_field(0.05, "Weight of the feature-hint loss.")
+    gamma: float = config_field(0.1, "Final weight of the adversarial loss.")
+    temperature: float = config_field(3.0, "Distillation temperature.")
+    adversarial_temperature: float = config_field(
+        1.0, "Temperature of the probabilities the discriminator sees.")
+    adversarial_warmup_steps: int = config_field(
+        500, "Steps over which the adversarial weight ramps up from 0.")
+    discriminator_steps: int = config_field(1, "Discriminator updates per generator update.")
+    discriminator_label_smoothing: float = config_field(0.1, "Real label of the discriminator is 1 - this.")
+    discriminator_units: Tuple[int, ...] = config_field((64, 64), "Hidden widths of the discriminator MLP.")
+    adversarial_input: str = config_field("logits", "What the discriminator sees.", ADVERSARIAL_INPUTS)
+    teacher: Optional[str] = config_field(
+        None, "Distillation teacher (default: main for byot, ensemble for mbakt).", TEACHERS)
+    branch_stages: Optional[Tuple[int, ...]] = config_field(
+        None, "Stage indices (1 = shallowest) with a branch; default: deepest 3 before the last.")
+    adaptation: str = config_field("auto", "Adaptation block kind.", ADAPTATIONS)
+    branch_design: Optional[str] = config_field(
+        None,
+        "exit: adaptation block + head on earlier stages; peer: copies of the last --peer_stages "
+        "stages on the shared trunk (ONE); deep: each branch copies every stage after its own "
+        "(default: peer for classification, exit for segmentation).",
+        BRANCH_DESIGNS,
+    )
+    peer_stages: int = config_field(1, "How many of the last stages a peer copies.")
+    num_peers: int = config_field(2, "Number of peers (--branch_design=peer).")
+    ensemble: str = config_field(
+        "gated",
+        "Ensemble teacher: mean of the branch logits, gated (ONE's learned softmax over branches, whose "
+        "cross-entropy also trains the branches) or gated_detached (the gate alone learns from it).",
+        ENSEMBLES,
+    )
+    gate_main_weight: Optional[float] = config_field(
+        0.8, "The main branch's weight in the gate at the start; 0: Keras's initialisation (about "
+        "uniform, as in ONE).")
+    distillation_warmup_steps: int = config_field(
+        500, "Steps over which the distillation weight alpha ramps up from 0.")
+    discriminator_condition: str = config_field(
+        "label", "label: the discriminator also sees the one-hot label (conditional GAN).",
+        DISCRIMINATOR_CONDITIONS)
+    max_adversarial_grad_ratio: Optional[float] = config_field(
+        0.1, "The adversarial gradient never exceeds this fraction of the cross-entropy's (at the "
+        "network's outputs); 0: no cap.")
 
     def __post_init__(self):
         self.discriminator_units = tuple(int(u) for u in self.discriminator_units)

@@ -39,7 +39,7 @@ import time
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+from mbakt_tf.train_config import STRATEGIES  # noqa: F401 - the names make_strategy accepts
 
 
 # ------------------------------------------------------------------ devices
@@ -325,29 +325,3 @@ def launch_local_workers(command, num_workers=2, host="127.0.0.1", env=None, tim
                 process.wait()
         for log in logs:
             log.close()
-
-
-def main(argv=None):
-    """`python -m mbakt_tf.distribute --num_workers=N -- COMMAND ...` (see scripts/launch_workers.py)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description="Run a command as N local MultiWorkerMirroredStrategy workers on 127.0.0.1.",
-        usage="%(prog)s [--num_workers N] [--log_dir DIR] -- script.py [flags...]",
-    )
-    parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds; kill all after")
-    parser.add_argument("--log_dir", default=None, help="write worker_i.log files here")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to run after --")
-    if command[0].endswith(".py"):
-        command = [sys.executable] + command
-    codes = launch_local_workers(command, args.num_workers, host=args.host,
-                                 timeout=args.timeout, log_dir=args.log_dir)
-    for index, code in enumerate(codes):
-        print(f"worker {index}: exit code {code}", file=sys.stderr)
-    return max((abs(c) for c in codes), default=0)

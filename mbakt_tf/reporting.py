@@ -1,16 +1,15 @@
-"""Report writers: JSON, Markdown and plain-text tables, sizes, and accuracy plots (PNG).
+"""Report writers: Markdown and plain-text tables, sizes, and accuracy plots (PNG).
+
+JSON files are written with `mbakt_tf.atomic.write_json`.
 
 Example:
 ```python
-write_json(summary, "out/results.json")
-open("out/results.md", "w").write(markdown_table(summary))
+atomic.write_text("out/results.md", markdown_table(summary))
 plot_validation_curves(runs, "out/validation_accuracy.png")
 print(text_table([("format", "size"), ("int8", format_size(181_248))]))
 ```
 """
 
-import json
-import os
 
 def head_order(heads):
     """`heads` as `main`, `branch_1`, `branch_2`, ... (numerically), `ensemble`.
@@ -21,14 +20,6 @@ def head_order(heads):
     """
     branches = sorted((h for h in heads if h.startswith("branch_")), key=lambda h: int(h.split("_")[1]))
     return [h for h in ["main"] if h in heads] + branches + [h for h in ["ensemble"] if h in heads]
-
-
-def write_json(value, path):
-    """Writes `value` as indented JSON, atomically (a temp file renamed into place)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def text_table(rows):

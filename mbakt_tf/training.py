@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -23,114 +22,10 @@ import tensorflow as tf
 from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume
 from mbakt_tf import data as data_lib
 from mbakt_tf.config import MBAKTConfig
-from mbakt_tf.distribute import STRATEGIES
 from mbakt_tf.model import ENSEMBLE, MBAKT
+from mbakt_tf.train_config import OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, TrainConfig  # noqa: F401 - re-exported
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-TASKS = ("classification", "segmentation")
-SCHEDULES = ("cosine", "constant")
 LOG_DIR = "logs"  # TensorBoard logs of a run: <run folder>/logs/{train,validation}
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything about a run except the MBAKT objective (that is `MBAKTConfig`).
-
-    Example:
-    >>> TrainConfig(epochs=2, batch_size=64).run_name_for(MBAKTConfig(mode="plain"))
-    'fashion_mnist_small_resnet8_plain_seed0'
-    """
-
-    task: str = "classification"  # "segmentation": encoder-decoder, data.load_segmentation
-    dataset: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    image_size: Optional[int] = None
-    validation_fraction: float = 0.1
-    train_limit: Optional[int] = None
-    test_limit: Optional[int] = None
-    augment: bool = True
-    backbone: str = "small_resnet8"
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    d_learning_rate: float = 2e-4
-    seed: int = 0
-    jit_compile: bool = False
-    output_dir: str = "saved_models"
-    run_name: Optional[str] = None
-    verbose: int = 1
-    synthetic_kwargs: Optional[dict] = None
-    # Distribution and fault tolerance (see distribute.py, resume.py, guards.py).
-    strategy: str = "default"
-    cpu_devices: Optional[int] = None
-    sync_batchnorm: bool = False
-    deterministic: bool = False
-    backup_dir: Optional[str] = None
-    backup_steps: int = 0
-    stop_on_non_finite: bool = True
-    collapse_patience: int = 200
-    # TensorBoard logs in <run folder>/logs (per epoch; also every N steps with tensorboard_steps).
-    tensorboard: bool = True
-    tensorboard_steps: int = 0
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self):
-        """Raises `ValueError` naming the first field that makes no sense."""
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        for name in ("learning_rate", "d_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ("momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction}."
-            )
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}.")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}.")
-        if self.cpu_devices is not None and self.cpu_devices < 1:
-            raise ValueError(f"cpu_devices must be >= 1, got {self.cpu_devices}.")
-        if self.strategy == "multi_worker" and (self.cpu_devices or 1) > 1:
-            raise ValueError(
-                "cpu_devices > 1 does not apply to strategy='multi_worker' (one replica per "
-                "worker on CPU): start more workers instead."
-            )
-        if self.jit_compile and self.strategy in ("mirrored", "multi_worker"):
-            raise ValueError(
-                f"jit_compile=True is not supported with strategy={self.strategy!r}: the XLA-compiled "
-                "two-optimizer step fails under MirroredStrategy on TF 2.21 / Keras 3.15."
-            )
-        for name in ("backup_steps", "collapse_patience", "tensorboard_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.backup_steps and not self.backup_dir:
-            raise ValueError("backup_steps needs backup_dir (where the backups go).")
-        if self.tensorboard_steps and not self.tensorboard:
-            raise ValueError("tensorboard_steps needs tensorboard=True (it logs every N steps to TensorBoard).")
-
-    def run_name_for(self, mbakt_config):
-        dataset = self.dataset if self.task == "classification" else f"{self.dataset}_{self.task}"
-        return self.run_name or f"{dataset}_{self.backbone}_{mbakt_config.mode}_seed{self.seed}"
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
 
 
 class NotWritableError(OSError):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mbakt_tf import comparison, reporting
+from mbakt_tf import atomic, comparison, reporting
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.training import TrainConfig
 
@@ -85,9 +85,9 @@ def test_summary_markdown_and_json(tmp_path):
     assert lines[2] == "| plain | 2 | 81.00 ± 1.41 | 71.00 ± 1.41 | 82.00 ± 1.41 | 1,234 | 2.50 | 10 |"
     assert lines[3].startswith("| mbakt | 1 | 85.00 | 75.00 | 86.00 |")
     path = tmp_path / "r.json"
-    reporting.write_json(summary, str(path))
+    atomic.write_json(str(path), summary, sort_keys=True)
     assert json.loads(path.read_text()) == json.loads(json.dumps(summary))
-    assert not os.path.exists(str(path) + ".tmp")
+    assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left behind
     png = tmp_path / "curves.png"
     reporting.plot_validation_curves(runs, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,8 @@
 The helpers here stay light (absl only) so that a usage error comes before TensorFlow loads.
 """
 
+import ast
+import importlib.util
 import sys
 import time
 
@@ -10,6 +12,33 @@ from absl import app, logging
 from absl import flags as absl_flags  # `flags` is this package's module of flag groups
 
 FLAGS = absl_flags.FLAGS
+
+
+def backbone_names():
+    """`mbakt_tf.backbones.available_backbones()`, read from that module's source without importing Keras.
+
+    backbones.py imports Keras at the top, but its name tables (`SMALL_RESNETS`,
+    `KERAS_CV_BACKBONES`) are dict literals: their keys are the `--backbone`
+    choices. If the source ever stops looking like that, this imports the module.
+    """
+    tables = ("SMALL_RESNETS", "KERAS_CV_BACKBONES")
+    source_file = importlib.util.find_spec("mbakt_tf.backbones").origin
+    with open(source_file) as f:
+        module = ast.parse(f.read())
+    names = {}
+    for node in module.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(isinstance(t, ast.Name) and t.id in tables for t in node.targets)):
+            target = next(t.id for t in node.targets if isinstance(t, ast.Name) and t.id in tables)
+            try:
+                names[target] = [ast.literal_eval(key) for key in node.value.keys]
+            except ValueError:
+                break
+    if set(names) != set(tables):
+        from mbakt_tf import backbones
+
+        return backbones.available_backbones()
+    return sorted(name for table in tables for name in names[table])
 
 
 def run_app(main):

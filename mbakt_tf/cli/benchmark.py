@@ -5,15 +5,16 @@ Usage:
   python scripts/benchmark.py --jit_compile --mixed_precision
 """
 
-import json
 import sys
 
 from absl import app, flags
 
-from mbakt_tf import backbones
-from mbakt_tf.cli import run_app
+from mbakt_tf.cli import backbone_names, run_app
+from mbakt_tf.cli.config_flags import define_config_flags
+from mbakt_tf.config import MBAKTConfig
+from mbakt_tf.train_config import TrainConfig
 
-flags.DEFINE_enum("backbone", "small_resnet8", backbones.available_backbones(), "Backbone name.")
+define_config_flags(TrainConfig, ["backbone"], choices={"backbone": backbone_names()})
 flags.DEFINE_list("input_shape", ["28", "28", "1"], "Image shape height,width,channels.")
 flags.DEFINE_integer("num_classes", 10, "Number of classes.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -26,7 +27,7 @@ flags.DEFINE_integer("repeats", 5, "Timed rounds; the median is reported.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_bool("mixed_precision", False, "Use the mixed_float16 policy.")
-flags.DEFINE_enum("adaptation", "auto", ["auto", "conv", "separable"], "Adaptation block kind of the branches.")
+define_config_flags(MBAKTConfig, ["adaptation"])
 flags.DEFINE_string("output_json", None, "Also write the report to this JSON file.")
 FLAGS = flags.FLAGS
 
@@ -34,7 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from mbakt_tf import benchmark
+    from mbakt_tf import atomic, benchmark
 
     try:
         input_shape = tuple(int(v) for v in FLAGS.input_shape)
@@ -47,8 +48,6 @@ def main(argv):
         raise app.UsageError(f"Unknown --variants {unknown}; known: {list(benchmark.VARIANTS)}")
     if FLAGS.batch_size < 1 or FLAGS.steps < 1 or FLAGS.repeats < 1 or FLAGS.warmup < 0:
         raise app.UsageError("--batch_size, --steps and --repeats must be >= 1, --warmup >= 0.")
-    from mbakt_tf.config import MBAKTConfig
-
     report = benchmark.benchmark_train_step(
         FLAGS.backbone, input_shape, num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
         variants=FLAGS.variants, base_config=MBAKTConfig(adaptation=FLAGS.adaptation), steps=FLAGS.steps, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
@@ -57,8 +56,7 @@ def main(argv):
     print()
     print(benchmark.format_report(report))
     if FLAGS.output_json:
-        with open(FLAGS.output_json, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic.write_json(FLAGS.output_json, report)
     return 0
 
 

@@ -19,6 +19,7 @@ import time
 from absl import app, flags
 
 from mbakt_tf.cli import run_app
+from mbakt_tf.cli import config_flags
 from mbakt_tf.cli import flags as cli_flags
 
 cli_flags.define_data_flags()
@@ -40,21 +41,25 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from mbakt_tf import comparison
-
     try:
         base_config = cli_flags.mbakt_config_from_flags()
         train_config = cli_flags.train_config_from_flags()
-        seeds = [int(s) for s in FLAGS.seeds]
-        variants = list(FLAGS.variants) + (list(comparison.ABLATIONS) if FLAGS.ablations else [])
-        for variant in variants:
-            comparison.variant_config(base_config, variant)
+        seeds = list(config_flags.int_tuple("seeds", FLAGS.seeds))
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     if not seeds:
         raise app.UsageError("--seeds must name at least one seed.")
 
-    from mbakt_tf import reporting, training
+    from mbakt_tf import comparison
+
+    try:
+        variants = list(FLAGS.variants) + (list(comparison.ABLATIONS) if FLAGS.ablations else [])
+        for variant in variants:
+            comparison.variant_config(base_config, variant)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+    from mbakt_tf import atomic, reporting, training
 
     segmentation = train_config.task == "segmentation"
     metric = "miou" if segmentation else "accuracy"  # what the table and the plot show
@@ -83,7 +88,8 @@ def main(argv):
         train_config.backbone, splits.info, base_config, variants, task=train_config.task
     )
     summary = comparison.summarize(runs, costs)
-    reporting.write_json(
+    atomic.write_json(
+        os.path.join(out_dir, "results.json"),
         {
             "summary": summary,
             "train_config": train_config.to_dict(),
@@ -91,11 +97,10 @@ def main(argv):
             "seeds": seeds,
             "runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()},
         },
-        os.path.join(out_dir, "results.json"),
+        sort_keys=True,
     )
     table = reporting.markdown_table(summary, variants, metric=metric)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(table)
+    atomic.write_text(os.path.join(out_dir, "results.md"), table)
     reporting.plot_validation_curves(runs, os.path.join(out_dir, f"validation_{metric}.png"), variants, metric)
     print()
     print(f"Test {'mIoU' if segmentation else 'accuracy'} on {splits.info.name}, mean ± std over seeds {seeds} "
