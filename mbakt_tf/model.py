@@ -25,6 +25,7 @@ def resolve_backbone(backbone, input_shape=None):
                 f"(rank {len(input_shape)})."
             )
         return backbones_lib.build_backbone(backbone, input_shape)
+    backbones_lib.check_backbone(backbone)  # keras-hub tasks and preprocessors: says what is accepted
     if input_shape is not None and tuple(input_shape) != tuple(backbone.input.shape[1:]):
         raise ValueError(
             f"input_shape {tuple(input_shape)} differs from the backbone's "
@@ -92,12 +93,13 @@ class MBAKT(keras.Model):
         cls, backbone, num_classes, input_shape=None, config=None, task="classification", name="mbakt",
         **task_kwargs,
     ):
-        """Builds the model on a named backbone or a keras-cv backbone object.
+        """Builds the model on a named backbone or a keras-cv / keras-hub backbone object.
 
         Args:
-            backbone: a name from `backbones.available_backbones()` or a built
-                keras-cv backbone (any functional model with
-                `pyramid_level_inputs` and a static input shape).
+            backbone: a name from `backbones.available_backbones()`, a built
+                keras-cv or keras-hub backbone object (see
+                `backbones.check_backbone`), or any functional model with
+                `pyramid_level_inputs` and a static input shape.
             num_classes: number of classes.
             input_shape: `(height, width, channels)`; required with a name.
             config: an `MBAKTConfig`; defaults to `MBAKTConfig()`.

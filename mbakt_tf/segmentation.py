@@ -152,8 +152,8 @@ def build_segmentation_network(
     """Builds the multi-branch encoder-decoder on `backbone` (a functional keras model).
 
     Args:
-        backbone: a keras-cv backbone, or any functional model with
-            `pyramid_level_inputs` and a static input shape; it receives raw
+        backbone: a keras-cv or keras-hub backbone, or any functional model
+            with `pyramid_level_inputs` and a static input shape; it receives raw
             pixels (see `branches.build_multi_branch_network`).
         num_classes: classes per pixel (background included).
         branch_stages: decoder steps (1 = coarsest) with an auxiliary branch,

@@ -71,7 +71,7 @@ class MBAKTSegmenter(MBAKT):
         cls, backbone, num_classes, input_shape=None, config=None, task="segmentation",
         name="mbakt_segmenter", ignore_label=None, decoder_channels=None,
     ):
-        """Builds the segmenter on a named backbone or a keras-cv backbone object.
+        """Builds the segmenter on a named backbone or a keras-cv / keras-hub backbone object.
 
         Args:
             backbone, input_shape, config: as for `MBAKT.from_backbone`.

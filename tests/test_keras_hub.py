@@ -240,9 +240,9 @@ def _not_backbones():
 
 def test_hub_objects_that_are_not_image_backbones_are_refused():
     for what, (obj, hint) in _not_backbones().items():
-        for task in ("classification", "segmentation"):
+        for task, input_shape in (("classification", None), ("segmentation", None), ("classification", SHAPE)):
             with pytest.raises(ValueError, match="is not a backbone") as error:
-                mbakt_tf.MBAKT.from_backbone(obj, NUM_CLASSES, task=task)
+                mbakt_tf.MBAKT.from_backbone(obj, NUM_CLASSES, input_shape=input_shape, task=task)
             message = str(error.value)
             assert "keras-hub image Backbone" in message and hint in message, (what, message)
 
