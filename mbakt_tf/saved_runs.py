@@ -74,6 +74,7 @@ def load_mbakt_model(path):
     import keras
 
     from mbakt_tf.model import MBAKT
+    from mbakt_tf.segmentation_model import MBAKTSegmenter  # noqa: F401 - registers the class for load_model
 
     path = resolve_model_path(path)
     class_name, registered, name = _saved_class(path)

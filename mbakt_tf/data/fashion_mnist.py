@@ -13,7 +13,7 @@ Example:
 
 import os
 
-from mbakt_tf.data import DatasetNotFoundError
+from mbakt_tf.data.types import DatasetNotFoundError
 from mbakt_tf.data.idx import read_idx
 
 CLASS_NAMES = [

@@ -32,15 +32,14 @@ Example:
 ((8, 32, 32, 1), (8, 32, 32), 'int32')
 """
 
-import dataclasses
 import os
 import zlib
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from mbakt_tf.data import DatasetInfo, DatasetNotFoundError, DatasetSplits, augment, pipeline
+from mbakt_tf.data import augment, pipeline, split_plan
+from mbakt_tf.data.types import DatasetNotFoundError, SegmentationInfo
 
 AUTOTUNE = tf.data.AUTOTUNE
 BACKGROUND = 0
@@ -49,17 +48,6 @@ FASHION_MNIST_THRESHOLD = 10
 SHAPES = ("square", "disc", "triangle", "ring", "cross")
 PETS_CLASS_NAMES = ["background", "pet"]
 SEGMENTATION_DATASETS = ("fashion_mnist", "synthetic", "oxford_iiit_pet")
-
-
-@dataclasses.dataclass
-class SegmentationInfo(DatasetInfo):
-    """`DatasetInfo` of a segmentation dataset; classes are per pixel, 0 = background.
-
-    `ignore_label` is the mask value of pixels that count in no loss and no
-    metric, or None when every pixel is labelled.
-    """
-
-    ignore_label: Optional[int] = None
 
 
 def available_segmentation_datasets():
@@ -308,11 +296,7 @@ def load_segmentation(
         DatasetNotFoundError: the data is not on this machine and cannot be downloaded.
         ValueError: unknown name or bad arguments.
     """
-    for arg, value in (("train_limit", train_limit), ("test_limit", test_limit)):
-        if value is not None and int(value) < 1:
-            raise ValueError(f"{arg} must be None or >= 1, got {value}.")
-    if synthetic_kwargs is not None and name != "synthetic":
-        raise ValueError(f"synthetic_kwargs is only for name='synthetic', not {name!r}.")
+    split_plan.check_arguments(name, train_limit, test_limit, synthetic_kwargs)
     common = dict(batch_size=batch_size, validation_fraction=validation_fraction, image_size=image_size,
                   augment=augment, seed=seed, train_limit=train_limit, test_limit=test_limit)
     if name == "fashion_mnist":
@@ -342,56 +326,26 @@ def load_segmentation(
     )
 
 
-def _augmentation(augment, input_shape, ignore_label, seed):
-    if callable(augment):
-        return augment
-    if not augment:
-        return None
-    fill = BACKGROUND if ignore_label is None else ignore_label
-    return JointAugmentation(input_shape, flip=True, seed=seed, mask_fill=fill)
-
-
-def _splits(info, train, validation, test, batch_size, image_size, augment, seed):
-    common = dict(batch_size=batch_size, image_size=image_size, seed=seed)
-    augmentation = _augmentation(augment, info.input_shape, info.ignore_label, seed)
-    return DatasetSplits(
-        train=make_segmentation_dataset(train, training=True, augmentation=augmentation,
-                                        num_examples=info.num_train, **common),
-        validation=None if validation is None else make_segmentation_dataset(
-            validation, num_examples=info.num_validation, **common),
-        test=make_segmentation_dataset(test, num_examples=info.num_test, **common),
-        info=info,
-    )
-
-
-def _input_shape(native_shape, image_size, name):
-    size = pipeline.image_size_pair(image_size)
-    if size is None:
-        if None in tuple(native_shape[:2]):
-            raise ValueError(
-                f"Dataset {name!r} has images of varying size: pass image_size (an int or (h, w))."
-            )
-        size = tuple(native_shape[:2])
-    return tuple(int(d) for d in size) + (int(native_shape[-1]),)
+def _splits(info, plan, batch_size, image_size, augment, seed):
+    fill = BACKGROUND if info.ignore_label is None else info.ignore_label
+    augmentation = split_plan.choose_augmentation(
+        augment, lambda: JointAugmentation(info.input_shape, flip=True, seed=seed, mask_fill=fill))
+    return split_plan.build_splits(info, plan, make_segmentation_dataset, batch_size, image_size,
+                                   augmentation, seed)
 
 
 def _from_arrays(name, train, test, class_names, ignore_label, source, batch_size, validation_fraction,
                  image_size, augment, seed, train_limit, test_limit):
-    (images, masks), (test_images, test_masks) = train, test
     for split, (x, y) in (("train", train), ("test", test)):
         if x.ndim != 4 or y.shape != x.shape[:3]:
             raise ValueError(f"{name} {split}: images {x.shape} must be (N, H, W, C), masks (N, H, W).")
-    train_idx, val_idx = pipeline.carve_validation(len(images), validation_fraction, seed)
-    train_idx = train_idx[:train_limit]
-    test_set = (test_images[:test_limit], test_masks[:test_limit])
-    validation = (images[val_idx], masks[val_idx]) if len(val_idx) else None
+    plan = split_plan.carve_arrays(train, test, validation_fraction, seed, train_limit, test_limit)
     info = SegmentationInfo(
         name=name, num_classes=len(class_names), class_names=list(class_names),
-        input_shape=_input_shape(images.shape[1:], image_size, name), num_train=len(train_idx),
-        num_validation=len(val_idx), num_test=len(test_set[0]), source=source, ignore_label=ignore_label,
+        input_shape=split_plan.input_shape(train[0].shape[1:], image_size, name), source=source,
+        ignore_label=ignore_label, **plan.counts,
     )
-    return _splits(info, (images[train_idx], masks[train_idx]), validation, test_set, batch_size,
-                   image_size, augment, seed)
+    return _splits(info, plan, batch_size, image_size, augment, seed)
 
 
 def _from_pets(name, data_dir, download, batch_size, validation_fraction, image_size, augment, seed,
@@ -419,20 +373,12 @@ def _from_pets(name, data_dir, download, batch_size, validation_fraction, image_
     splits_info = builder.info.splits
     num_train = int(splits_info["train"].num_examples) if "train" in splits_info else int(pairs["train"].cardinality())
     num_test = int(splits_info["test"].num_examples) if "test" in splits_info else int(pairs["test"].cardinality())
-    train_idx, val_idx = pipeline.carve_validation(num_train, validation_fraction, seed)
-    train, validation = pairs["train"], None
-    if len(val_idx):
-        train = pipeline.select(pairs["train"], train_idx, num_train)
-        validation = pipeline.select(pairs["train"], val_idx, num_train)
-    num_train, test = len(train_idx), pairs["test"]
-    if train_limit is not None:
-        train, num_train = train.take(train_limit), min(num_train, train_limit)
-    if test_limit is not None:
-        test, num_test = test.take(test_limit), min(num_test, test_limit)
+    plan = split_plan.carve_stream(pairs["train"], pairs["test"], num_train, num_test, validation_fraction,
+                                   seed, train_limit, test_limit)
     info = SegmentationInfo(
         name=name, num_classes=len(PETS_CLASS_NAMES), class_names=list(PETS_CLASS_NAMES),
-        input_shape=_input_shape(builder.info.features["image"].shape, image_size, name),
-        num_train=num_train, num_validation=len(val_idx), num_test=num_test,
+        input_shape=split_plan.input_shape(builder.info.features["image"].shape, image_size, name),
         source=f"TFDS {name} trimaps (splits train, test) in {builder.data_dir}", ignore_label=IGNORE_LABEL,
+        **plan.counts,
     )
-    return _splits(info, train, validation, test, batch_size, image_size, augment, seed)
+    return _splits(info, plan, batch_size, image_size, augment, seed)

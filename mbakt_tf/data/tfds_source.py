@@ -20,7 +20,7 @@ Example:
 
 import dataclasses
 
-from mbakt_tf.data import DatasetNotFoundError
+from mbakt_tf.data.types import DatasetNotFoundError
 
 
 @dataclasses.dataclass
