@@ -11,12 +11,16 @@ model = mbakt_tf.MBAKT.from_backbone("small_resnet8", num_classes=10, input_shap
 model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
 ```
 
-A `.keras` file of an MBAKT model loads once its class is registered, that
-is after `mbakt_tf.MBAKT` (or `mbakt_tf.saved_runs.load_mbakt_model`) was used.
+Keras finds the model classes of a `.keras` file once they are registered:
+when Keras was imported before `mbakt_tf` (`import keras` then `import
+mbakt_tf`, the usual order), they are registered on import, since Keras and
+TensorFlow are loaded anyway; otherwise, after the first use of
+`mbakt_tf.MBAKT` (or `mbakt_tf.saved_runs.load_mbakt_model`).
 """
 
 import importlib
 import pkgutil
+import sys
 
 __version__ = "0.1.0"
 
@@ -44,3 +48,8 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+if "keras" in sys.modules:  # Keras is loaded already: register the classes for keras.models.load_model
+    for _name in _CLASSES:
+        __getattr__(_name)

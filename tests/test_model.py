@@ -367,3 +367,16 @@ def test_adversarial_gradient_is_capped_relative_to_cross_entropy(cap):
         assert logs["adv_scale"] == pytest.approx(1.0) and logs["adv_grad_ratio"] > 1e-3
     else:  # gamma=10 pushes far harder than 1e-4 of ce: scaled down to exactly the cap
         assert logs["adv_scale"] < 1.0 and logs["adv_grad_ratio"] == pytest.approx(cap, rel=1e-3)
+
+
+def test_keras_then_mbakt_tf_is_enough_to_load_a_saved_model(tmp_path):
+    """`import keras, mbakt_tf` registers the model classes although the package imports lazily."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "m.keras")
+    tiny_model(mode="plain").save(path)
+    code = f"import keras, mbakt_tf; print(type(keras.models.load_model({path!r})).__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "MBAKT"
