@@ -40,31 +40,41 @@ def check_images(images, input_shape, name):
     return images
 
 
-def write_saved_model(keras_model, path):
-    """Writes `keras_model` as a SavedModel with one `serving_default` signature.
+def _is_tf_keras(model):
+    """True for a tf_keras (Keras 2) model, as the tfmot process builds; False for Keras 3."""
+    return any(cls.__module__.split(".")[0] == "tf_keras" for cls in type(model).__mro__)
 
-    `keras.export.ExportArchive` tracks only `keras_model`'s variables; the
-    endpoint takes `images` float32 (None, H, W, C) raw pixels in [0, 255] and
-    returns `{"logits", "probabilities"}`.
+
+def write_saved_model(model, path):
+    """Writes `model` as a SavedModel with one `serving_default` signature; returns `path`.
+
+    The endpoint takes `images` float32 (None, H, W, C) raw pixels in [0, 255]
+    and returns `{"logits", "probabilities"}`. A Keras 3 model goes through
+    `keras.export.ExportArchive`, which tracks only the model's variables; a
+    tf_keras model (the QAT or pruned copy in the tfmot process, which must not
+    import Keras 3) through `tf.saved_model.save`. Either way the TFLite files
+    converted from it share the contract.
     """
-    import keras
     import tensorflow as tf
 
-    height, width, channels = (int(d) for d in keras_model.input.shape[1:])
-    archive = keras.export.ExportArchive()
-    archive.track(keras_model)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    input_signature = [tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)]
 
     def serve(images):
-        logits = keras_model(images, training=False)
+        logits = model(images, training=False)
         return {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: tf.nn.softmax(logits, axis=-1)}
 
-    archive.add_endpoint(
-        SIGNATURE_KEY,
-        serve,
-        input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME)],
-    )
     if os.path.exists(path):
         shutil.rmtree(path)
+    if _is_tf_keras(model):
+        tf.saved_model.save(model, path, signatures={
+            SIGNATURE_KEY: tf.function(serve, input_signature=input_signature)})
+        return path
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE_KEY, serve, input_signature=input_signature)
     archive.write_out(path, verbose=False)
     return path
 

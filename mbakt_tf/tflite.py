@@ -6,24 +6,29 @@ time); `int8` (full integer: int8 or uint8 input, output and kernels,
 calibrated on training images). Builtin ops only: stock Android LiteRT builds
 have no Flex ops. `LiteRTModel` runs a file in the `ai_edge_litert`
 interpreter (float in, dequantized float out) and times it;
-`tflite_structure` lists its ops, tensor dtypes and signature.
+`tflite_structure` lists its ops, tensor dtypes and signature, and
+`structure_checks` judges them (the checks `export.py` and `optimize.py` record).
 
 Example:
 ```python
 from mbakt_tf import serving, tflite
 serving.write_saved_model(model.main_model(), "/tmp/sm")
-with open("/tmp/model_int8.tflite", "wb") as f:
-    f.write(tflite.convert_tflite("/tmp/sm", "int8", representative_images=x_train[:300]))
+tflite.write_tflite("/tmp/model_int8.tflite",
+                   tflite.convert_tflite("/tmp/sm", "int8", representative_images=x_train[:300]))
 tflite.LiteRTModel("/tmp/model_int8.tflite").predict(x_test[:10])["logits"]
 tflite.non_builtin_ops(tflite.tflite_structure("/tmp/model_int8.tflite")["ops"])   # []
+[passed for _, passed, _ in tflite.structure_checks(
+    tflite.tflite_structure("/tmp/model_int8.tflite"), int8_io="int8")]              # [True, True, True]
 ```
 """
 
+import gzip
 import time
 import warnings
 
 import numpy as np
 
+from mbakt_tf import atomic
 from mbakt_tf.serving import INPUT_NAME, SIGNATURE_KEY
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic_range", "int8")
@@ -80,6 +85,20 @@ def convert_tflite(saved_model_dir, fmt, representative_images=None, int8_io="in
         # The converter's own calibration uses the deprecated tf.lite.Interpreter; not ours to fix.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         return converter.convert()
+
+
+def write_tflite(path, data):
+    """Writes the flatbuffer bytes `data` to `path` atomically; returns `path`."""
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return path
+
+
+def gzip_size(path):
+    """Bytes of `path` after gzip -9 (what a sparse or quantized file costs to ship compressed)."""
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=9))
 
 
 def _litert():
@@ -226,3 +245,36 @@ def expected_weight_ops(keras_model):
 def non_builtin_ops(ops):
     """The op names of `ops` that a stock LiteRT build lacks (Flex, custom, delegate)."""
     return [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")]
+
+
+def structure_checks(structure, int8_io=None, expected_ops=None, foreign_pattern=None, foreign_names=()):
+    """Pass/fail checks of one TFLite file's `tflite_structure`, as `(name, passed, detail)` tuples.
+
+    Always `builtin_ops_only` (stock Android LiteRT has no Flex ops); with
+    `foreign_pattern` (a regex of names that must not appear, e.g. other
+    branches) `no_foreign_tensors`; with `expected_ops` (`expected_weight_ops`
+    of the Keras model) `weight_op_counts_equal_keras`; with `int8_io` (the file
+    is full integer) `io_dtype` (input and outputs are `int8_io`) and
+    `no_float_tensors`. Callers prefix the names with the file's key.
+    """
+    ops = structure["ops"]
+    non_builtin = non_builtin_ops(ops)
+    checks = [("builtin_ops_only", not non_builtin,
+               f"ops {sorted(ops)}" if not non_builtin else f"non-builtin ops {non_builtin}")]
+    if foreign_pattern is not None:
+        leaked = [n for n in structure["tensor_names"] if foreign_pattern.search(n)]
+        checks.append(("no_foreign_tensors", not leaked,
+                       f"none of {list(foreign_names)}" if not leaked else f"found {leaked[:3]}"))
+    if expected_ops is not None:
+        found = {op: ops.get(op, 0) for op in expected_ops}
+        checks.append(("weight_op_counts_equal_keras", found == expected_ops,
+                       f"TFLite {found} vs Keras layers {expected_ops}"))
+    if int8_io is not None:
+        dtypes = structure["tensor_dtypes"]
+        io_dtypes = {structure["input"]["dtype"]} | {o["dtype"] for o in structure["outputs"]}
+        checks.append(("io_dtype", io_dtypes == {int8_io},
+                       f"input/output dtypes {sorted(io_dtypes)}, wanted {int8_io}"))
+        floats = dtypes.get("float32", 0) + dtypes.get("float16", 0)
+        checks.append(("no_float_tensors", floats == 0 and dtypes.get("int8", 0) > 0,
+                       f"tensor dtypes {dtypes}"))
+    return checks

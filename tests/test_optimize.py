@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import mbakt_tf
-from mbakt_tf import optimize, saved_runs, tf_keras_bridge, tflite
+from mbakt_tf import optimize, saved_runs, tflite
+from mbakt_tf.tfmot import describe, handoff, launch
 from mbakt_tf import data as data_lib
 from tests.helpers import tiny_segmenter
 
@@ -89,8 +90,8 @@ def family_bridges(tmp_path_factory):
         main = model.main_model()
         _randomize(main)
         directory = str(root / name)
-        tf_keras_bridge.write_bridge(main, directory, num_probe=4)
-        graph, _, _ = tf_keras_bridge.read_bridge(directory)
+        describe.write_bridge(main, directory, num_probe=4)
+        graph, _, _ = handoff.read_bridge(directory)
         described[name] = (directory, graph)
     return described
 
@@ -116,7 +117,7 @@ def test_bridge_parity_on_each_backbone_family(family, family_bridges, family_pa
     parity = family_parity[family]
     assert parity["images"] == 4
     assert parity["max_abs_reference"] > 0.5  # the outputs are not trivially small
-    assert parity["max_abs_diff"] <= tf_keras_bridge.PARITY_ATOL, parity
+    assert parity["max_abs_diff"] <= handoff.PARITY_ATOL, parity
     assert parity["passed"]
 
 
@@ -137,8 +138,8 @@ def test_unsupported_layer_is_a_clear_error():
     x = keras.layers.Reshape((36, 4))(x)
     x = keras.layers.LSTM(3, name="my_lstm")(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
-    with pytest.raises(tf_keras_bridge.UnsupportedLayerError, match=r"'my_lstm' of type .*LSTM"):
-        tf_keras_bridge.describe(model)
+    with pytest.raises(handoff.UnsupportedLayerError, match=r"'my_lstm' of type .*LSTM"):
+        describe.describe(model)
 
     class Scale(keras.layers.Layer):  # a custom layer with weights of its own
         def build(self, shape):
@@ -149,13 +150,22 @@ def test_unsupported_layer_is_a_clear_error():
 
     inputs = keras.Input((4, 4, 2))
     model = keras.Model(inputs, Scale(name="my_scale")(inputs))
-    with pytest.raises(tf_keras_bridge.UnsupportedLayerError, match="'my_scale'.*weights of its own"):
-        tf_keras_bridge.describe(model)
+    with pytest.raises(handoff.UnsupportedLayerError, match="'my_scale'.*weights of its own"):
+        describe.describe(model)
 
     inputs = keras.Input((4, 4, 2))
     model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * t + 1.0, name="my_lambda")(inputs))
-    with pytest.raises(tf_keras_bridge.UnsupportedLayerError, match="'my_lambda'.*not a known activation"):
-        tf_keras_bridge.describe(model)
+    with pytest.raises(handoff.UnsupportedLayerError, match="'my_lambda'.*not a known activation"):
+        describe.describe(model)
+
+
+def test_tfmot_process_modules_load_no_keras():
+    """What runs in the tfmot process (and the format both sides share) never imports Keras 3."""
+    code = ("import sys; import mbakt_tf.tfmot.worker, mbakt_tf.tfmot.rebuild, mbakt_tf.tfmot.handoff; "
+            "loaded = [m for m in ('keras', 'keras_cv', 'keras_hub', 'mbakt_tf.model') if m in sys.modules]; "
+            "sys.exit(f'loaded {loaded}' if loaded else 0)")
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
 
 
 def test_optimize_config_validation():
@@ -169,7 +179,7 @@ def test_optimize_config_validation():
 
 def test_missing_tfmot_python_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(optimize.TFMOT_PYTHON_ENV, sys.executable)  # the Keras 3 venv: no tfmot
-    if optimize._has_tfmot(sys.executable):
+    if launch._has_tfmot(sys.executable):
         pytest.skip("this Python has tfmot")
     with pytest.raises(optimize.TfmotUnavailableError, match="cannot import tensorflow_model_optimization"):
         optimize.tfmot_python()
@@ -193,6 +203,7 @@ def test_kd_loss_is_ce_plus_the_mbakt_distillation_term():
     import tensorflow as tf
 
     from mbakt_tf import losses
+    from mbakt_tf.tfmot import worker
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 6)
@@ -201,8 +212,8 @@ def test_kd_loss_is_ce_plus_the_mbakt_distillation_term():
     student = tf.constant(student, tf.float32)
     ce = float(losses.cross_entropy(labels, student))
     kd = float(losses.distillation(teacher.astype("float32"), student, 3.0))
-    np.testing.assert_allclose(float(tf.reduce_mean(optimize.kd_loss(0.0, 3.0, 4)(packed, student))), ce, rtol=1e-5)
-    mixed = float(tf.reduce_mean(optimize.kd_loss(0.3, 3.0, 4)(packed, student)))
+    np.testing.assert_allclose(float(tf.reduce_mean(worker.kd_loss(0.0, 3.0, 4)(packed, student))), ce, rtol=1e-5)
+    mixed = float(tf.reduce_mean(worker.kd_loss(0.3, 3.0, 4)(packed, student)))
     np.testing.assert_allclose(mixed, 0.7 * ce + 0.3 * kd, rtol=1e-5)
 
 
@@ -265,7 +276,7 @@ def test_pruning_step_reaches_the_target_sparsity(tiny_run):
 def test_report_lists_every_model_and_passes_its_checks(tiny_run):
     report = tiny_run.report
     assert report["ok"], [c for c in report["checks"] if not c["passed"]]
-    assert report["bridge"]["parity"]["max_abs_diff"] <= tf_keras_bridge.PARITY_ATOL
+    assert report["bridge"]["parity"]["max_abs_diff"] <= handoff.PARITY_ATOL
     assert [row["file"] for row in report["rows"]] == [
         None, "model_float32.tflite", "model_ptq_int8.tflite", "model_qat_kd_int8.tflite", "model_pruned_float32.tflite", "model_pruned_int8.tflite"]
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in report["rows"])
