@@ -57,17 +57,21 @@ result = export.export_model(model, "saved_models/m_export", representative_imag
 """
 
 import dataclasses
-import json
 import os
 import re
 import time
-from typing import Optional, Tuple
 
 import numpy as np
 
-from mbakt_tf import mediapipe_tasks, rgb_input, saved_runs
+from mbakt_tf import atomic, mediapipe_tasks, rgb_input, saved_runs  # noqa: F401 - export.mediapipe_tasks: its error
 from mbakt_tf.checks import Checks
-from mbakt_tf.config import dataclass_from_dict
+from mbakt_tf.export_config import (  # noqa: F401 - ExportConfig and its tolerances come with `export`
+    PARITY_TOLERANCES,
+    SEGMENTATION_TEST_LIMIT,
+    TFLITE_METADATA_MODES,
+    ExportConfig,
+)
+from mbakt_tf.export_mediapipe import MediaPipeSteps, mediapipe_lines
 from mbakt_tf.reporting import format_size, text_table
 # Re-exported: the errors callers catch and the names they pass come with `export`.
 from mbakt_tf.saved_runs import (  # noqa: F401
@@ -84,147 +88,19 @@ from mbakt_tf.tflite import (  # noqa: F401
     convert_tflite,
     expected_weight_ops,
     non_builtin_ops,
+    structure_checks,
     tflite_structure,
+    write_tflite,
 )
 
 SAVED_MODEL_DIR = "saved_model"
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 MANIFEST_VERSION = 1
-# Segmentation outputs are maps (H x W x classes per image): parity runs on at
-# most this many test images unless ExportConfig.test_limit says otherwise.
-SEGMENTATION_TEST_LIMIT = 1000
-# ExportConfig.tflite_metadata: "auto" writes it when a MediaPipe Python is found
-# (else the manifest says why not), "require" fails without one, "off" never.
-TFLITE_METADATA_MODES = ("auto", "require", "off")
-
-# Parity with the Keras model. Float formats: max |logit difference| at most
-# `atol + rtol * max|keras logit|`; every format: top-1 agreement at least
-# `min_top1`. Quantized formats are judged by top-1 agreement (and int8 by its
-# accuracy drop, `ExportConfig.max_int8_accuracy_drop`); their logit difference
-# is reported only.
-PARITY_TOLERANCES = {
-    "saved_model": {"atol": 1e-4, "rtol": 1e-5, "min_top1": 0.999},
-    "float32": {"atol": 1e-3, "rtol": 1e-4, "min_top1": 0.999},
-    "float16": {"atol": 2e-2, "rtol": 5e-3, "min_top1": 0.99},
-    "dynamic_range": {"atol": None, "rtol": None, "min_top1": 0.95},
-    "int8": {"atol": None, "rtol": None, "min_top1": 0.95},
-}
 
 
 class ExportCheckError(RuntimeError):
     """The files were written but a parity or verification check failed (see the manifest)."""
-
-
-@dataclasses.dataclass
-class ExportConfig:
-    """What to export and how hard to check it.
-
-    Args:
-        branch: `None` or `"main"`: the main branch; `"branch_k"` or `k`: the
-            early exit on auxiliary branch k (1 = shallowest).
-        formats: TFLite variants to write, from `TFLITE_FORMATS`. The
-            SavedModel is always written (the TFLite files come from it).
-        int8_io: dtype of the full-integer file's input and output, `"int8"`
-            (pixel - 128) or `"uint8"` (the pixel bytes).
-        representative_samples: training images that calibrate int8 ranges.
-        test_limit: evaluate on at most this many test images (None: all).
-        max_int8_accuracy_drop: largest accepted test-accuracy drop of the int8
-            file against the Keras model, as a fraction (0.01 = 1 point).
-        benchmark_runs: timed LiteRT invocations per file (0 skips the benchmark).
-        benchmark_warmup: untimed invocations before them.
-        num_threads: LiteRT threads for evaluation and benchmark.
-        strict: raise `ExportCheckError` (after writing every file and the
-            manifest) when a check fails.
-        rgb_input: the files take RGB (H, W, 3) in [0, 255], as MediaPipe Tasks
-            feed them; a 1-channel model converts in the graph (BT.601 luma,
-            builtin MUL and SUM ops; `rgb_input.py`). Images passed to the
-            exporter stay in the model's own channels.
-        tflite_metadata: one of `TFLITE_METADATA_MODES`: write TFLite Metadata
-            into every TFLite file and check it with MediaPipe Tasks.
-        mediapipe_python: the Python with MediaPipe (default: see
-            `mediapipe_tasks.mediapipe_python`).
-        min_mediapipe_agreement: least accepted fraction of test images (of
-            pixels, for a segmenter) where MediaPipe's class agrees with LiteRT's.
-
-    Example:
-    >>> ExportConfig(branch=1).resolved_branch_request
-    'branch_1'
-    >>> ExportConfig.from_dict(ExportConfig(formats=["int8"]).to_dict()).formats
-    ('int8',)
-    """
-
-    branch: Optional[str] = None
-    formats: Tuple[str, ...] = TFLITE_FORMATS
-    int8_io: str = "int8"
-    representative_samples: int = 300
-    test_limit: Optional[int] = None
-    max_int8_accuracy_drop: float = 0.01
-    benchmark_runs: int = 200
-    benchmark_warmup: int = 20
-    num_threads: int = 1
-    strict: bool = True
-    rgb_input: bool = False
-    tflite_metadata: str = "auto"
-    mediapipe_python: Optional[str] = None
-    min_mediapipe_agreement: float = 0.99
-
-    def __post_init__(self):
-        if self.branch is not None:
-            self.branch = str(self.branch)
-        self.formats = tuple(self.formats)
-        self.validate()
-
-    def validate(self):
-        """Raises `ValueError` naming the first field that makes no sense."""
-        unknown = [f for f in self.formats if f not in TFLITE_FORMATS]
-        if unknown:
-            raise ValueError(f"Unknown TFLite formats {unknown}; choose from {list(TFLITE_FORMATS)}.")
-        if len(set(self.formats)) != len(self.formats):
-            raise ValueError(f"formats lists a format twice: {list(self.formats)}.")
-        if self.int8_io not in INT8_IO_TYPES:
-            raise ValueError(f"int8_io must be one of {INT8_IO_TYPES}, got {self.int8_io!r}.")
-        if self.branch is not None and not re.fullmatch(r"main|(branch_)?\d+", self.branch):
-            raise ValueError(
-                f"branch must be 'main', k or 'branch_k' (k = 1 is the shallowest early exit), "
-                f"got {self.branch!r}."
-            )
-        if self.representative_samples < 1:
-            raise ValueError(
-                f"representative_samples must be >= 1, got {self.representative_samples}."
-            )
-        if self.test_limit is not None and self.test_limit < 1:
-            raise ValueError(f"test_limit must be None or >= 1, got {self.test_limit}.")
-        if not 0.0 <= self.max_int8_accuracy_drop <= 1.0:
-            raise ValueError(
-                f"max_int8_accuracy_drop must be in [0, 1], got {self.max_int8_accuracy_drop}."
-            )
-        if self.benchmark_runs < 0 or self.benchmark_warmup < 0:
-            raise ValueError("benchmark_runs and benchmark_warmup must be >= 0.")
-        if self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}.")
-        if self.tflite_metadata not in TFLITE_METADATA_MODES:
-            raise ValueError(f"tflite_metadata must be one of {TFLITE_METADATA_MODES}, "
-                             f"got {self.tflite_metadata!r}.")
-        if not 0.0 <= self.min_mediapipe_agreement <= 1.0:
-            raise ValueError(
-                f"min_mediapipe_agreement must be in [0, 1], got {self.min_mediapipe_agreement}.")
-
-    @property
-    def resolved_branch_request(self):
-        """`"main"` or `"branch_k"`, before checking that the model has it."""
-        if self.branch in (None, "main"):
-            return "main"
-        return self.branch if self.branch.startswith("branch_") else f"branch_{self.branch}"
-
-    def to_dict(self):
-        values = dataclasses.asdict(self)
-        values["formats"] = list(self.formats)
-        return values
-
-    @classmethod
-    def from_dict(cls, values):
-        return dataclass_from_dict(cls, values)
 
 
 @dataclasses.dataclass
@@ -416,7 +292,7 @@ def export_model(
     return result
 
 
-class _Export:
+class _Export(MediaPipeSteps):
     """The steps of `export_model`, sharing the reference outputs, checks and manifest parts."""
 
     def __init__(self, model, output_dir, config, progress):
@@ -521,8 +397,7 @@ class _Export:
         calibration = f" (calibrating on {len(representative_images)} training images)"
         self.say(f"TFLite {fmt}: converting" + (calibration if fmt == "int8" else ""))
         representative_images = self.file_images(representative_images) if fmt == "int8" else None
-        with open(path, "wb") as f:
-            f.write(convert_tflite(saved_model_dir, fmt, representative_images, self.config.int8_io))
+        write_tflite(path, convert_tflite(saved_model_dir, fmt, representative_images, self.config.int8_io))
         self.files[fmt] = path
 
     def tflite(self, fmt):
@@ -541,170 +416,11 @@ class _Export:
         }
         self._metadata_doc(fmt)
         self._mediapipe_agreement(fmt, structure, lite, outputs)
-        add, ops = self.checks.add, structure["ops"]
-        non_builtin = non_builtin_ops(ops)
-        add(f"{fmt}_builtin_ops_only", not non_builtin,
-            f"ops {sorted(ops)}" if not non_builtin else f"non-builtin ops {non_builtin}")
-        leaked = [n for n in structure["tensor_names"] if self.pattern.search(n)]
-        add(f"{fmt}_no_foreign_tensors", not leaked,
-            f"none of {self.forbidden}" if not leaked else f"found {leaked[:3]}")
-        expected = expected_weight_ops(self.keras_model)
-        found = {op: ops.get(op, 0) for op in expected}
-        add(f"{fmt}_weight_op_counts_equal_keras", found == expected,
-            f"TFLite {found} vs Keras layers {expected}")
-        if fmt == "int8":
-            dtypes = structure["tensor_dtypes"]
-            io_dtypes = {structure["input"]["dtype"]} | {o["dtype"] for o in structure["outputs"]}
-            add("int8_io_dtype", io_dtypes == {self.config.int8_io},
-                f"input/output dtypes {sorted(io_dtypes)}, wanted {self.config.int8_io}")
-            floats = dtypes.get("float32", 0) + dtypes.get("float16", 0)
-            add("int8_no_float_tensors", floats == 0 and dtypes.get("int8", 0) > 0,
-                f"tensor dtypes {dtypes}")
-
-    # ------------------------------------------------ TFLite Metadata, MediaPipe Tasks
-
-    def find_mediapipe(self):
-        """The MediaPipe Python, before any work; `None` (and the reason kept) when there is none."""
-        mode = self.config.tflite_metadata
-        self.mediapipe_reason = None
-        if mode == "off" or not self.config.formats:
-            self.mediapipe_reason = ("tflite_metadata='off'" if mode == "off"
-                                     else "no TFLite file requested")
-            return None
-        try:
-            self.mediapipe_python = mediapipe_tasks.mediapipe_python(self.config.mediapipe_python)
-        except mediapipe_tasks.MediaPipeUnavailableError as error:
-            if mode == "require":
-                raise
-            self.mediapipe_reason = f"not written (tflite_metadata='auto'): {error}"
-            self.say(f"TFLite Metadata: {self.mediapipe_reason}")
-        return self.mediapipe_python
-
-    def tflite_metadata(self, class_names):
-        """Writes TFLite Metadata into every TFLite file and runs each in MediaPipe Tasks (one process)."""
-        if self.mediapipe_python is None:
-            return
-        task = "segmenter" if self.segmentation else "classifier"
-        # MediaPipe takes uint8 images: LiteRT is compared on the same ones.
-        self.mediapipe_images = np.clip(np.round(self.test_file_images), 0, 255).astype(np.uint8)
-        h, w, c = self.file_input_shape
-        specs = [{"key": fmt, "path": self.files[fmt], "task": task, "labels": list(class_names),
-                  "model_name": self.keras_model.name,
-                  "description": f"mbakt_tf {self.branch} ({task}): {h}x{w}x{c} raw pixels in [0, 255]"}
-                 for fmt in self.config.formats]
-        api = mediapipe_tasks.TASK_API[task]
-        self.say(f"TFLite Metadata: labels, normalisation (mean 0, std 1), image type into "
-                 f"{len(specs)} file(s); MediaPipe Tasks {api} on {len(self.mediapipe_images)} images")
-        try:
-            self.mediapipe = mediapipe_tasks.embed_and_run(specs, self.mediapipe_images,
-                                                           python=self.mediapipe_python)
-        except RuntimeError as error:  # the files are as converted: say so, fail the check
-            self.mediapipe_reason = f"the MediaPipe process failed: {error}"
-            self.checks.add("tflite_metadata_written", False, self.mediapipe_reason[-300:])
-            return
-        self.class_names = [str(n) for n in class_names]
-
-    def _metadata_doc(self, fmt):
-        if self.mediapipe is None:
-            self.docs[fmt]["tflite_metadata"] = {"written": False, "reason": self.mediapipe_reason}
-            return
-        written = self.mediapipe["files"][fmt]["metadata"]
-        if not written["written"]:
-            self.docs[fmt]["tflite_metadata"] = {"written": False, "reason": written["error"]}
-            self.checks.add(f"{fmt}_tflite_metadata", False, f"not written: {written['error']}")
-            return
-        subgraph = written["json"]["subgraph_metadata"][0]
-        image = subgraph["input_tensor_metadata"][0]
-        normalization = image["process_units"][0]["options"]
-        self.docs[fmt]["tflite_metadata"] = {
-            "written": True,
-            "bytes_added": written["bytes_added"],
-            "min_parser_version": written["json"].get("min_parser_version"),
-            "input": {"color_space": image["content"]["content_properties"].get("color_space"),
-                      "normalization": normalization},
-            "outputs": [o["name"] for o in subgraph["output_tensor_metadata"]],
-            "associated_files": written["associated_files"],
-            "labels": f"{mediapipe_tasks.LABELS_FILE} packed in the file, {len(written['labels'] or [])} lines",
-        }
-        ok = (written["labels"] == self.class_names and normalization == {"mean": [0.0], "std": [1.0]}
-              and written["outputs"] == [o["name"] for o in subgraph["output_tensor_metadata"]])
-        self.checks.add(f"{fmt}_tflite_metadata", ok,
-                        f"read back: {len(written['labels'] or [])} labels "
-                        f"{'equal' if written['labels'] == self.class_names else 'differ from'} the class "
-                        f"names, normalisation {normalization}, outputs {written['outputs']}")
-
-    def _mediapipe_hint(self, structure):
-        """What would make MediaPipe Tasks run this file (every fix that applies), or None."""
-        fixes = []
-        if self.file_input_shape[-1] != rgb_input.RGB_CHANNELS:
-            fixes.append("MediaPipe Tasks take RGB images: export with rgb_input=True (--rgb_input)")
-        if structure["input"]["dtype"] == "int8":
-            fixes.append("MediaPipe Tasks take uint8 or float32 input: export with int8_io='uint8' "
-                         "(--int8_io=uint8)")
-        return "; ".join(fixes) or None
-
-    def _mediapipe_agreement(self, fmt, structure, lite, outputs):
-        """MediaPipe's classes (per pixel for a segmenter) against LiteRT's on the same uint8 images."""
-        if self.mediapipe is None or not self.mediapipe["files"][fmt]["metadata"]["written"]:
-            return
-        doc = self.mediapipe["files"][fmt]
-        tasks = doc["tasks"]
-        if not tasks["ran"]:
-            self.evaluation[fmt]["mediapipe"] = {"api": tasks["api"], "ran": False, "reason": tasks["error"],
-                                                 "hint": self._mediapipe_hint(structure)}
-            return
-        if not np.array_equal(self.mediapipe_images, self.test_file_images):
-            outputs = lite.predict(self.mediapipe_images)  # LiteRT on MediaPipe's uint8 images
-        figures = {"api": tasks["api"], "ran": True, "images": tasks["images"],
-                   "mediapipe_version": self.mediapipe["versions"]["mediapipe"]}
-        if self.segmentation:
-            # MediaPipe's category mask is the argmax of the output its metadata names the mask.
-            mask_output = self.docs[fmt]["tflite_metadata"]["outputs"][
-                mediapipe_tasks.SEGMENTER_MASK_POSITION if len(outputs) == 2 else 0]
-            figures.update(output=mask_output, **mediapipe_tasks.segmenter_agreement(
-                doc["outputs"]["category_mask"], outputs[mask_output]))
-            agreement = figures["pixel_agreement"]
-        else:
-            figures["heads"] = {
-                head: mediapipe_tasks.classifier_agreement(
-                    doc["outputs"][f"{head}_index"], doc["outputs"][f"{head}_score"], outputs[head])
-                for head in outputs}
-            agreement = min(h["top1_agreement"] for h in figures["heads"].values())
-            figures["top1_agreement"] = agreement
-        self.evaluation[fmt]["mediapipe"] = figures
-        limit = self.config.min_mediapipe_agreement
-        unit = "pixels" if self.segmentation else "images"
-        self.checks.add(f"{fmt}_mediapipe_agrees_with_litert", agreement >= limit,
-                        f"{tasks['api']}: {agreement:.4f} of {tasks['images']} {unit} >= {limit}")
-
-    def mediapipe_summary(self):
-        """The manifest's "mediapipe" part: versions, images, and per file agreement or reason."""
-        summary = {"tflite_metadata": self.config.tflite_metadata,
-                   "written": self.mediapipe is not None}
-        if self.mediapipe is None:
-            summary["reason"] = self.mediapipe_reason
-            return summary
-        task = "segmenter" if self.segmentation else "classifier"
-        summary.update(
-            mediapipe_version=self.mediapipe["versions"]["mediapipe"],
-            python=self.mediapipe["versions"]["python"],
-            api=mediapipe_tasks.TASK_API[task],
-            images=int(len(self.mediapipe_images)),
-            normalization={"mean": mediapipe_tasks.NORM_MEAN, "std": mediapipe_tasks.NORM_STD},
-            agreement_measure=("pixels" if self.segmentation else "images")
-            + " whose MediaPipe class has LiteRT's highest score on the same file and uint8 image "
-              "(a tie counts)",
-        )
-        for fmt in self.config.formats:
-            figures = self.evaluation.get(fmt, {}).get("mediapipe")
-            if figures is None:
-                summary[fmt] = {"ran": False, "reason": self.docs.get(fmt, {}).get("tflite_metadata")}
-            elif figures["ran"]:
-                summary[fmt] = {"ran": True, "agreement": figures.get("top1_agreement",
-                                                                      figures.get("pixel_agreement"))}
-            else:
-                summary[fmt] = {"ran": False, "reason": figures["reason"], "hint": figures["hint"]}
-        return summary
+        for name, passed, detail in structure_checks(
+                structure, int8_io=self.config.int8_io if fmt == "int8" else None,
+                expected_ops=expected_weight_ops(self.keras_model),
+                foreign_pattern=self.pattern, foreign_names=self.forbidden):
+            self.checks.add(f"{fmt}_{name}", passed, detail)
 
     def parity_checks(self):
         """Every format against `PARITY_TOLERANCES`; int8 accuracy drop against the config."""
@@ -741,8 +457,7 @@ class _Export:
 
     def labels(self, class_names):
         path = os.path.join(self.output_dir, LABELS)
-        with open(path, "w") as f:
-            f.write("\n".join(str(n) for n in class_names) + "\n")
+        atomic.write_text(path, "\n".join(str(n) for n in class_names) + "\n")
         self.files["labels"] = path
 
     def write_manifest(self, source):
@@ -790,8 +505,7 @@ class _Export:
             "ok": self.checks.ok,
         }
         path = os.path.join(self.output_dir, MANIFEST)
-        with open(path, "w") as f:
-            json.dump(manifest, f, indent=2)
+        atomic.write_json(path, manifest, indent=2)
         self.files["manifest"] = path
         return ExportResult(output_dir=self.output_dir, files=self.files, manifest=manifest)
 
@@ -913,24 +627,10 @@ def format_report(manifest):
             f"LiteRT latency int8 / float32 (median of {latency['int8']['runs']} runs, batch 1, "
             f"{latency['num_threads']} thread): {latency['int8_over_float32']:.2f}"
         )
-    lines.extend(_mediapipe_lines(manifest.get("mediapipe")))
+    lines.extend(mediapipe_lines(manifest.get("mediapipe")))
     lines.append(Checks(manifest["checks"]).summary())
     return "\n".join(lines)
 
-
-def _mediapipe_lines(summary):
-    if not summary:
-        return []
-    if not summary["written"]:
-        return [f"TFLite Metadata / MediaPipe: {summary['reason']}"]
-    unit = "per-pixel" if summary["api"] == "ImageSegmenter" else "top-1"
-    lines = [f"MediaPipe {summary['mediapipe_version']} {summary['api']} vs LiteRT ({unit} agreement, "
-             f"{summary['images']} images; TFLite Metadata in every file):"]
-    for fmt, figures in summary.items():
-        if isinstance(figures, dict) and "ran" in figures:
-            lines.append(f"  {fmt}: " + (f"{100 * figures['agreement']:.2f}%" if figures["ran"] else
-                                         f"not run: {figures.get('hint') or figures['reason']}"))
-    return lines
 
 
 def _count(value):
