@@ -454,3 +454,24 @@ def with_rescaling(backbone, scale=1.0 / 255.0, offset=0.0, name=None):
     copy.set_weights(functional.get_weights())
     copy.pyramid_level_inputs = {level: copies[layer].name for level, layer in levels.items()}
     return copy
+
+
+def resolve_backbone(backbone, input_shape=None):
+    """A backbone name built for `input_shape`, or a backbone object checked against it."""
+    if isinstance(backbone, str):
+        if input_shape is None:
+            raise ValueError("input_shape=(height, width, channels) is required with a backbone name.")
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"input_shape must be (height, width, channels), got {input_shape} "
+                f"(rank {len(input_shape)})."
+            )
+        return build_backbone(backbone, input_shape)
+    check_backbone(backbone)  # keras-hub tasks and preprocessors: says what is accepted
+    if input_shape is not None and tuple(input_shape) != tuple(backbone.input.shape[1:]):
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} differs from the backbone's "
+            f"{tuple(backbone.input.shape[1:])}."
+        )
+    return backbone

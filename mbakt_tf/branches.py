@@ -36,6 +36,7 @@ import numpy as np
 from mbakt_tf import backbones as backbones_lib
 
 MAIN = "main"
+ENSEMBLE = "ensemble"  # the teacher head of the metrics (the gated or mean logits)
 BN_MOMENTUM = backbones_lib.BN_MOMENTUM  # one momentum for every batch norm we build
 
 

@@ -150,16 +150,11 @@ def summarize(runs, costs=None):
 
 def main_branch_costs(backbone, info, base_config, variants, task="classification"):
     """{variant: {"params", "flops"}} of the exported main branch, from freshly built models."""
-    from mbakt_tf import flops
-    from mbakt_tf.model import MBAKT
+    from mbakt_tf import flops, tasks
 
     costs = {}
     for variant in variants:
-        model = MBAKT.from_backbone(
-            backbone, num_classes=info.num_classes, input_shape=info.input_shape,
-            config=variant_config(base_config, variant), task=task,
-            **({"ignore_label": getattr(info, "ignore_label", None)} if task == "segmentation" else {}),
-        )
+        model = tasks.get_task(task).build_model(backbone, info, variant_config(base_config, variant))
         main = model.main_model()
         costs[variant] = {"params": main.count_params(), "flops": flops.count_flops(main)}
     return costs

@@ -31,3 +31,12 @@ def patch_discriminator(num_channels, units=(64, 128), name="patch_discriminator
         x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"{name}_lrelu{i}")(x)
     logits = keras.layers.Conv2D(1, 3, padding="same", dtype="float32", name=f"{name}_logit")(x)
     return keras.Model(inputs, logits, name=name)
+
+
+def discriminator_input_channels(config, network, num_classes):
+    """Width of what the discriminator sees per example (or pixel): outputs, plus the label."""
+    if config.adversarial_input == "features":
+        channels = int(network.output["main_features"].shape[-1])
+    else:
+        channels = num_classes
+    return channels + (num_classes if config.discriminator_condition == "label" else 0)

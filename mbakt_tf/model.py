@@ -1,50 +1,17 @@
-"""`MBAKT`: the keras.Model that trains a multi-branch network against a discriminator."""
+"""`MBAKT`: Multi-Branched Adversarial Knowledge Transfer for image classification."""
 
 import keras
-import tensorflow as tf
-from keras import ops
 
 from mbakt_tf import backbones as backbones_lib
 from mbakt_tf import branches as branches_lib
-from mbakt_tf import losses
+from mbakt_tf.branches import ENSEMBLE  # noqa: F401 (part of this module's interface)
 from mbakt_tf.config import MBAKTConfig
-from mbakt_tf.discriminator import vector_discriminator
-
-ENSEMBLE = "ensemble"
-
-
-def resolve_backbone(backbone, input_shape=None):
-    """A backbone name built for `input_shape`, or a backbone object checked against it."""
-    if isinstance(backbone, str):
-        if input_shape is None:
-            raise ValueError("input_shape=(height, width, channels) is required with a backbone name.")
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"input_shape must be (height, width, channels), got {input_shape} "
-                f"(rank {len(input_shape)})."
-            )
-        return backbones_lib.build_backbone(backbone, input_shape)
-    backbones_lib.check_backbone(backbone)  # keras-hub tasks and preprocessors: says what is accepted
-    if input_shape is not None and tuple(input_shape) != tuple(backbone.input.shape[1:]):
-        raise ValueError(
-            f"input_shape {tuple(input_shape)} differs from the backbone's "
-            f"{tuple(backbone.input.shape[1:])}."
-        )
-    return backbone
-
-
-def discriminator_input_channels(config, network, num_classes):
-    """Width of what the discriminator sees per example (or pixel): outputs, plus the label."""
-    if config.adversarial_input == "features":
-        channels = int(network.output[f"{branches_lib.MAIN}_features"].shape[-1])
-    else:
-        channels = num_classes
-    return channels + (num_classes if config.discriminator_condition == "label" else 0)
+from mbakt_tf.discriminator import discriminator_input_channels, vector_discriminator
+from mbakt_tf.multi_branch_model import MultiBranchModel
 
 
 @keras.saving.register_keras_serializable(package="mbakt_tf")
-class MBAKT(keras.Model):
+class MBAKT(MultiBranchModel):
     """Multi-Branched Adversarial Knowledge Transfer for image classification.
 
     Wraps a multi-branch network (see `branches.build_multi_branch_network`)
@@ -67,30 +34,10 @@ class MBAKT(keras.Model):
     ```
     """
 
-    # Label of pixels/examples that count in no loss and no metric (segmentation sets it).
-    ignore_label = None
-    LABEL_AXES = ("batch",)  # label shape: one class per image
-
-    def __init__(self, network, discriminator=None, config=None, **kwargs):
-        super().__init__(**kwargs)
-        if isinstance(config, dict):
-            config = MBAKTConfig.from_dict(config)
-        self.config = config or MBAKTConfig()
-        self.network = network
-        self.discriminator = discriminator
-        self.branch_names = branches_lib.branch_names(network)
-        self.num_classes = int(network.output[f"{branches_lib.MAIN}_logits"].shape[-1])
-        if self.config.uses_branches and len(self.branch_names) < 2:
-            raise ValueError(f"mode={self.config.mode!r} needs auxiliary branches; the network has none.")
-        if self.config.uses_adversary and discriminator is None:
-            raise ValueError("mode='mbakt' with gamma > 0 needs a discriminator.")
-        self.d_optimizer = None
-        self._build_trackers()
-        self.built = True
 
     @classmethod
     def from_backbone(
-        cls, backbone, num_classes, input_shape=None, config=None, task="classification", name="mbakt",
+        cls, backbone, num_classes, input_shape=None, config=None, task="classification", name=None,
         **task_kwargs,
     ):
         """Builds the model on a named backbone or a keras-cv / keras-hub backbone object.
@@ -103,23 +50,23 @@ class MBAKT(keras.Model):
             num_classes: number of classes.
             input_shape: `(height, width, channels)`; required with a name.
             config: an `MBAKTConfig`; defaults to `MBAKTConfig()`.
-            task: `"classification"`, or `"segmentation"`, which returns an
+            task: `"classification"`, or another task of `tasks.TASKS`, whose
+                model this returns: `"segmentation"` gives an
                 `mbakt_tf.segmentation_model.MBAKTSegmenter` (encoder-decoder)
                 and accepts its `task_kwargs` (`ignore_label`,
                 `decoder_channels`).
         """
-        if task == "segmentation":
-            from mbakt_tf.segmentation_model import MBAKTSegmenter
-
-            return MBAKTSegmenter.from_backbone(
-                backbone, num_classes, input_shape=input_shape, config=config, name=name, **task_kwargs
-            )
         if task != "classification":
-            raise ValueError(f"Unknown task {task!r}; supported: 'classification', 'segmentation'.")
+            from mbakt_tf import tasks  # the other tasks' models, by name
+
+            named = {} if name is None else {"name": name}  # else the task's own default name
+            return tasks.get_task(task).model_class().from_backbone(
+                backbone, num_classes, input_shape=input_shape, config=config, **named, **task_kwargs
+            )
         if task_kwargs:
             raise ValueError(f"Unexpected arguments for task='classification': {sorted(task_kwargs)}.")
         config = config or MBAKTConfig()
-        backbone = resolve_backbone(backbone, input_shape)
+        backbone = backbones_lib.resolve_backbone(backbone, input_shape)
         network = branches_lib.build_multi_branch_network(
             backbone,
             num_classes,
@@ -137,381 +84,4 @@ class MBAKT(keras.Model):
             discriminator = vector_discriminator(
                 discriminator_input_channels(config, network, num_classes), config.discriminator_units
             )
-        return cls(network, discriminator, config, name=name)
-
-    # ----------------------------------------------------------------- compile
-
-    def compile(self, g_optimizer=None, d_optimizer=None, **kwargs):
-        """Configures training.
-
-        Args:
-            g_optimizer: optimizer of the multi-branch network (the generator);
-                it becomes `model.optimizer`, so learning-rate callbacks act on
-                it. Defaults to SGD(0.05, momentum=0.9, nesterov=True).
-            d_optimizer: optimizer of the discriminator. Defaults to
-                Adam(2e-4, beta_1=0.5); ignored without an adversary.
-            **kwargs: passed to `keras.Model.compile` (`jit_compile`,
-                `steps_per_execution`, `run_eagerly`). `loss` and `metrics`
-                are not accepted: the losses come from `config`.
-        """
-        for key in ("loss", "metrics", "optimizer"):
-            if key in kwargs:
-                raise ValueError(
-                    f"MBAKT.compile takes no {key!r}: losses and metrics come from MBAKTConfig; "
-                    "pass g_optimizer= and d_optimizer=."
-                )
-        g_optimizer = keras.optimizers.get(
-            g_optimizer or keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
-        )
-        super().compile(optimizer=g_optimizer, **kwargs)
-        # Built here, inside the caller's strategy scope, on the right variables
-        # (never the discriminator's), so Keras and checkpoints see their state.
-        self.optimizer.build(self.network.trainable_variables)
-        if self.discriminator is not None:
-            d_optimizer = keras.optimizers.get(
-                d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
-            )
-            if self.dtype_policy.name == "mixed_float16" and not isinstance(
-                d_optimizer, keras.optimizers.LossScaleOptimizer
-            ):
-                d_optimizer = keras.optimizers.LossScaleOptimizer(d_optimizer)
-            d_optimizer.build(self.discriminator.trainable_variables)
-            self.d_optimizer = d_optimizer
-
-    def get_compile_config(self):
-        config = {"g_optimizer": keras.optimizers.serialize(self.optimizer)}
-        if self.d_optimizer is not None:
-            config["d_optimizer"] = keras.optimizers.serialize(self.d_optimizer)
-        return config
-
-    def compile_from_config(self, config):
-        self.compile(
-            g_optimizer=keras.optimizers.deserialize(config["g_optimizer"]),
-            d_optimizer=(
-                keras.optimizers.deserialize(config["d_optimizer"]) if "d_optimizer" in config else None
-            ),
-        )
-
-    # ----------------------------------------------------------------- metrics
-
-    def _build_trackers(self):
-        mean = keras.metrics.Mean
-        self.loss_tracker = mean(name="loss")
-        self.term_trackers = {
-            term: mean(name=term)
-            for term in (
-                "ce", "ensemble_ce", "kd", "hint", "adv", "d_loss", "d_balanced_accuracy",
-                "adv_grad_ratio", "adv_scale",
-            )
-        }
-        heads = self.branch_names + ([ENSEMBLE] if len(self.branch_names) > 1 else [])
-        self.accuracy_trackers = {
-            head: keras.metrics.SparseCategoricalAccuracy(name=f"{head}_accuracy") for head in heads
-        }
-        self.head_loss_trackers = {head: mean(name=f"{head}_loss") for head in heads}
-
-    @property
-    def metrics(self):
-        return (
-            [self.loss_tracker]
-            + list(self.term_trackers.values())
-            + list(self.accuracy_trackers.values())
-            + list(self.head_loss_trackers.values())
-        )
-
-    def _train_metric_names(self):
-        names = ["loss", "ce"]
-        if self.config.uses_branches:
-            names += ["kd", "hint"]
-        if self.gated:
-            names += ["ensemble_ce"]
-        if self.config.uses_adversary:
-            names += ["adv", "d_loss", "d_balanced_accuracy", "adv_grad_ratio", "adv_scale"]
-        return names + [f"{head}_accuracy" for head in self.accuracy_trackers]
-
-    # ------------------------------------------------------------ forward pass
-
-    def call(self, images, training=False):
-        """Main-branch logits."""
-        return self.network(images, training=training)[f"{branches_lib.MAIN}_logits"]
-
-    def branch_logits(self, images, training=False):
-        """Dict of logits of every branch and of the ensemble."""
-        outputs = self.network(images, training=training)
-        logits = {b: outputs[f"{b}_logits"] for b in self.branch_names}
-        if len(self.branch_names) > 1:
-            logits[ENSEMBLE] = self._ensemble(list(logits.values()), outputs)
-        return logits
-
-    @property
-    def gated(self):
-        return "gate" in self.network.output
-
-    def _ensemble(self, logits, outputs):
-        """The ensemble's logits: the mean of the branches', or their gated sum (ONE)."""
-        if "gate" not in outputs:
-            return ops.mean(ops.stack(logits, axis=0), axis=0)
-        stacked = ops.stack(logits, axis=-1)  # (..., classes, branches)
-        gate = ops.cast(outputs["gate"], "float32")  # (batch, branches)
-        shape = [-1] + [1] * (len(stacked.shape) - 2) + [len(logits)]
-        return ops.sum(stacked * ops.reshape(gate, shape), axis=-1)
-
-    def _teacher(self, logits, ensemble):
-        if self.config.resolved_teacher == "main":
-            return ops.stop_gradient(logits[0])
-        return ops.stop_gradient(ensemble)
-
-    def _adversary_inputs(self, outputs, logits, teacher):
-        """(real, [fake per branch]) as the discriminator sees them, float32, without the label."""
-        if self.config.adversarial_input == "logits":
-            return teacher, list(logits)
-        if self.config.adversarial_input == "probabilities":
-            t = self.config.adversarial_temperature
-            real = ops.softmax(teacher / t, axis=-1)
-            fakes = [ops.softmax(z / t, axis=-1) for z in logits]
-        else:
-            pooled = [
-                ops.cast(ops.mean(outputs[f"{b}_features"], axis=(1, 2)), "float32")
-                for b in self.branch_names
-            ]
-            real = ops.stop_gradient(ops.mean(ops.stack(pooled, 0), 0))
-            fakes = pooled
-        return real, fakes
-
-    def _discriminator_view(self, inputs, labels):
-        """What the discriminator sees of `inputs`: with the one-hot label concatenated on the last
-        axis (conditional GAN) when `discriminator_condition="label"`."""
-        if self.config.discriminator_condition != "label":
-            return inputs
-        # Labels outside [0, num_classes) (an ignore label) one-hot to zeros.
-        one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
-        return ops.concatenate([inputs, one_hot], axis=-1)
-
-    # ------------------------------------------------------------------- steps
-
-    def _check_batch(self, images, labels):
-        """int32 labels of `LABEL_AXES` shape, with an in-graph check of their values; errors name the class."""
-        name = type(self).__name__
-        if len(images.shape) != 4:
-            raise ValueError(
-                f"{name} expects image batches of rank 4 (batch, height, width, channels), "
-                f"got shape {images.shape}."
-            )
-        labels = ops.cast(labels, "int32")
-        rank = len(self.LABEL_AXES)
-        if len(labels.shape) == rank + 1 and labels.shape[-1] == 1:
-            labels = ops.squeeze(labels, -1)
-        if len(labels.shape) != rank:
-            raise ValueError(
-                f"{name} expects integer labels of shape ({', '.join(self.LABEL_AXES)}), got {labels.shape}."
-            )
-        if rank == 3:
-            image_size, label_size = tuple(images.shape[1:3]), tuple(labels.shape[1:3])
-            if None not in image_size + label_size and image_size != label_size:
-                raise ValueError(f"Label maps {label_size} and images {image_size} differ in size.")
-        valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, self.num_classes))
-        allowed = f"in [0, {self.num_classes})"
-        if self.ignore_label is not None:
-            valid = ops.logical_or(valid, ops.equal(labels, self.ignore_label))
-            allowed += f" or equal to ignore_label={self.ignore_label}"
-        # The check runs before any op reads the labels (a gather would fail first, less clearly).
-        check = tf.debugging.Assert(ops.all(valid), [f"label values must be {allowed}"])
-        with tf.control_dependencies([check]):
-            return tf.identity(labels)
-
-    def _generator_terms(self, labels, outputs, logits, teacher, ensemble):
-        cfg = self.config
-        ce = [losses.cross_entropy(labels, z, self.ignore_label) for z in logits]
-        if not cfg.uses_branches:
-            return {"ce": ce[0]}, ce[0]
-        alpha = self.distillation_weight()
-        main_features = outputs[f"{branches_lib.MAIN}_features"]
-        hint = [
-            losses.hint(outputs[f"{b}_features"], main_features) for b in self.branch_names[1:]
-        ]
-        if cfg.resolved_teacher == "main":
-            # The main branch is the teacher: it has nothing to distil from, so it
-            # keeps its full cross-entropy (BYOT), the students mix ce and kd.
-            kd = [self._distillation(teacher, z, labels) for z in logits[1:]]
-            students_ce = ops.sum(ops.stack(ce[1:]))
-            mixed = ce[0] + (1.0 - alpha) * students_ce
-        else:
-            kd = [self._distillation(teacher, z, labels) for z in logits]
-            mixed = (1.0 - alpha) * ops.sum(ops.stack(ce))
-        terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
-        total = mixed + alpha * terms["kd"] + cfg.beta * terms["hint"]
-        if self.gated:
-            # ONE: the gate (and, through the gated logits, every branch) learns from the labels;
-            # "gated_detached": the gate alone.
-            if cfg.ensemble == "gated_detached":
-                ensemble = self._ensemble([ops.stop_gradient(z) for z in logits], outputs)
-            terms["ensemble_ce"] = losses.cross_entropy(labels, ensemble, self.ignore_label)
-            total = total + terms["ensemble_ce"]
-        return terms, total
-
-    def _distillation(self, teacher, student, labels):
-        return losses.distillation(
-            teacher, student, self.config.temperature, labels=labels, ignore_label=self.ignore_label
-        )
-
-    def _discriminator_update(self, real, fakes):
-        """Updates D on stop-gradient inputs; returns (its loss, its balanced accuracy)."""
-        cfg = self.config
-        real = ops.stop_gradient(real)
-        fake = ops.stop_gradient(ops.concatenate(fakes, axis=0))
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        for _ in range(cfg.discriminator_steps):
-            with tf.GradientTape() as tape:
-                real_logits = self.discriminator(real, training=True)
-                fake_logits = self.discriminator(fake, training=True)
-                d_loss = losses.discriminator_loss(
-                    real_logits, fake_logits, cfg.discriminator_label_smoothing
-                )
-                scaled = self.d_optimizer.scale_loss(d_loss / replicas)
-            variables = self.discriminator.trainable_variables
-            self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        return d_loss, losses.discriminator_balanced_accuracy(real_logits, fake_logits)
-
-    def _adversarial_term(self, terms, outputs, logits, teacher, labels, tape):
-        """Updates the discriminator, adds its terms to `terms`; returns gamma(t) * adv."""
-        real, fakes = self._adversary_inputs(outputs, logits, teacher)
-        real = self._discriminator_view(real, labels)
-        fakes = [self._discriminator_view(f, labels) for f in fakes]
-        with tape.stop_recording():
-            terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(real, fakes)
-        adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
-        terms["adv"] = ops.sum(ops.stack(adv))
-        return self.adversarial_weight() * terms["adv"]
-
-    def _adversarial_scale(self, ratio):
-        """The factor that keeps the adversarial gradient within `max_adversarial_grad_ratio` of ce's."""
-        cap = self.config.max_adversarial_grad_ratio
-        if cap is None:
-            return ops.convert_to_tensor(1.0, "float32")
-        return ops.minimum(1.0, cap / ops.maximum(ratio, 1e-12))
-
-    def _ramped(self, weight, warmup_steps):
-        if warmup_steps == 0:
-            return ops.convert_to_tensor(weight, "float32")
-        step = ops.cast(self.optimizer.iterations, "float32") + 1.0
-        return weight * ops.minimum(1.0, step / float(warmup_steps))
-
-    def adversarial_weight(self):
-        """gamma(t): the adversarial weight at the current generator step."""
-        return self._ramped(self.config.gamma, self.config.adversarial_warmup_steps)
-
-    def distillation_weight(self):
-        """alpha(t): the distillation weight at the current generator step.
-
-        Example:
-        ```python
-        model = MBAKT.from_backbone("small_resnet8", 10, (28, 28, 1),
-                                    config=MBAKTConfig(alpha=0.5, distillation_warmup_steps=100))
-        model.compile()
-        float(model.distillation_weight())   # 0.005 before the first step
-        ```
-        """
-        return self._ramped(self.config.alpha, self.config.distillation_warmup_steps)
-
-    def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        labels = self._check_batch(images, labels)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        network_variables = self.network.trainable_variables
-        with tf.GradientTape() as tape:
-            outputs = self.network(images, training=True)
-            logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
-            ensemble = self._ensemble(logits, outputs) if self.config.uses_branches else None
-            teacher = self._teacher(logits, ensemble) if self.config.uses_branches else None
-            if not self.config.uses_adversary:
-                terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
-            else:
-                # A second tape, on the network's outputs only, measures the adversarial
-                # gradient next to the cross-entropy's there (cheap: no backbone).
-                with tf.GradientTape(persistent=True) as probe:
-                    watched = logits + [outputs[f"{b}_features"] for b in self.branch_names]
-                    probe.watch(watched)
-                    terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
-                    weighted_adv = self._adversarial_term(terms, outputs, logits, teacher, labels, tape)
-                with tape.stop_recording():
-                    ratio = losses.gradient_norm_ratio(probe, weighted_adv, terms["ce"], watched)
-                    terms["adv_scale"] = self._adversarial_scale(ratio)
-                    terms["adv_grad_ratio"] = ratio * terms["adv_scale"]
-                del probe
-                total = total + terms["adv_scale"] * weighted_adv
-            if self.network.losses:
-                total = total + ops.sum(ops.stack(self.network.losses))
-            scaled = self.optimizer.scale_loss(total / replicas)
-        gradients = tape.gradient(scaled, network_variables)
-        self.optimizer.apply_gradients(zip(gradients, network_variables))
-
-        self.loss_tracker.update_state(total)
-        for term, value in terms.items():
-            self.term_trackers[term].update_state(value)
-        self._update_accuracy(labels, logits, ensemble)
-        return self._results(self._train_metric_names())
-
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        labels = self._check_batch(images, labels)
-        outputs = self.network(images, training=False)
-        logits = [ops.cast(outputs[f"{b}_logits"], "float32") for b in self.branch_names]
-        heads = self._update_accuracy(labels, logits, self._ensemble(logits, outputs))
-        for head, z in heads.items():
-            self.head_loss_trackers[head].update_state(losses.cross_entropy(labels, z, self.ignore_label))
-        self.loss_tracker.update_state(losses.cross_entropy(labels, logits[0], self.ignore_label))
-        names = ["loss"] + [f"{h}_accuracy" for h in heads] + [f"{h}_loss" for h in heads]
-        return self._results(names)
-
-    def _update_accuracy(self, labels, logits, ensemble):
-        heads = dict(zip(self.branch_names, logits))
-        if len(logits) > 1:
-            heads[ENSEMBLE] = ensemble
-        for head, z in heads.items():
-            self.accuracy_trackers[head].update_state(labels, z)
-        return heads
-
-    def _results(self, names):
-        by_name = {m.name: m for m in self.metrics}
-        return {name: by_name[name].result() for name in names}
-
-    # ------------------------------------------------------------------ export
-
-    def main_model(self, name="main_branch"):
-        """The main branch as a plain `keras.Model(image -> logits)`.
-
-        It shares weights with this model and has exactly the parameters of
-        the plain network of the same configuration.
-        """
-        return branches_lib.main_branch_model(self.network, name=name)
-
-    def branch_model(self, branch, name=None):
-        """An auxiliary branch (e.g. `"branch_1"`) as a standalone early-exit model."""
-        return branches_lib.branch_model(self.network, branch, name=name)
-
-    # ----------------------------------------------------------- serialization
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            network=keras.saving.serialize_keras_object(self.network),
-            discriminator=(
-                None
-                if self.discriminator is None
-                else keras.saving.serialize_keras_object(self.discriminator)
-            ),
-            config=self.config.to_dict(),
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects)
-        discriminator = config.pop("discriminator")
-        if discriminator is not None:
-            discriminator = keras.saving.deserialize_keras_object(discriminator, custom_objects)
-        mbakt_config = MBAKTConfig.from_dict(config.pop("config"))
-        for key in ("trainable", "dtype"):
-            config.pop(key, None)
-        return cls(network, discriminator, mbakt_config, **config)
+        return cls(network, discriminator, config, name=name or "mbakt")

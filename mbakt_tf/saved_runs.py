@@ -73,8 +73,11 @@ def load_mbakt_model(path):
     """
     import keras
 
-    from mbakt_tf.model import MBAKT
-    from mbakt_tf.segmentation_model import MBAKTSegmenter  # noqa: F401 - registers the class for load_model
+    from mbakt_tf import tasks
+    from mbakt_tf.multi_branch_model import MultiBranchModel
+
+    for task in tasks.TASKS.values():
+        task.model_class()  # registers every task's model class for load_model
 
     path = resolve_model_path(path)
     class_name, registered, name = _saved_class(path)
@@ -93,7 +96,7 @@ def load_mbakt_model(path):
     except Exception as error:  # noqa: BLE001 - any loader failure means "not loadable here"
         first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise NotMBAKTModelError(f"{path} could not be loaded as an MBAKT model: {first_line}") from error
-    if not isinstance(model, MBAKT):
+    if not isinstance(model, MultiBranchModel):
         raise NotMBAKTModelError(f"{path} holds a {type(model).__name__}, not an MBAKT model.")
     return model
 

@@ -1,17 +1,19 @@
 """`MBAKTSegmenter`: MBAKT for encoder-decoder semantic segmentation.
 
-The same training step as `MBAKT` (one forward pass, discriminator update,
-generator update, the same four losses and weights); what differs is per pixel:
+The sibling of the classifier `model.MBAKT`: the same training step
+(`multi_branch_model.MultiBranchModel`: one forward pass, discriminator update,
+generator update, the same losses and weights); what differs is per pixel:
 
 * the network is `segmentation.build_segmentation_network` (a decoder over the
   backbone's stages, every head predicting a full-resolution map);
 * labels are integer maps (B, H, W); pixels equal to `ignore_label` count in
-  no loss (ce and kd are means over the other pixels) and no metric;
-* the hint compares adapted decoder features of each branch with the main
+  no loss (ce and kd are means over the other pixels), no metric, and are
+  hidden from the discriminator;
+* the hint compares (adapted) decoder features of each branch with the main
   branch's final decoder features;
-* the discriminator is a fully convolutional PatchGAN over probability maps
-  (or decoder feature maps with `adversarial_input="features"`): one real/fake
-  score per patch;
+* the discriminator is a fully convolutional PatchGAN over logit or
+  probability maps (or decoder feature maps with
+  `adversarial_input="features"`): one real/fake score per patch;
 * metrics: `<head>_accuracy` is pixel accuracy, `<head>_miou` the mean
   intersection-over-union over classes (confusion matrix accumulated over the
   whole epoch / evaluation, classes absent from both labels and predictions
@@ -32,15 +34,17 @@ main = model.main_model()   # plain encoder-decoder: image -> (B, H, W, classes)
 import keras
 from keras import ops
 
+from mbakt_tf import backbones as backbones_lib
 from mbakt_tf import branches as branches_lib
 from mbakt_tf import segmentation
+from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
-from mbakt_tf.discriminator import patch_discriminator
-from mbakt_tf.model import ENSEMBLE, MBAKT, discriminator_input_channels, resolve_backbone
+from mbakt_tf.discriminator import discriminator_input_channels, patch_discriminator
+from mbakt_tf.multi_branch_model import MultiBranchModel
 
 
 @keras.saving.register_keras_serializable(package="mbakt_tf")
-class MBAKTSegmenter(MBAKT):
+class MBAKTSegmenter(MultiBranchModel):
     """MBAKT over an encoder-decoder: per-pixel losses, PatchGAN discriminator, mIoU.
 
     Args:
@@ -74,7 +78,7 @@ class MBAKTSegmenter(MBAKT):
         """Builds the segmenter on a named backbone or a keras-cv / keras-hub backbone object.
 
         Args:
-            backbone, input_shape, config: as for `MBAKT.from_backbone`.
+            backbone, input_shape, config: as for `model.MBAKT.from_backbone`.
             num_classes: classes per pixel, background included.
             task: must be `"segmentation"`.
             ignore_label: see the class doc.
@@ -84,7 +88,7 @@ class MBAKTSegmenter(MBAKT):
             raise ValueError(f"MBAKTSegmenter is for task='segmentation', got {task!r}.")
         config = config or MBAKTConfig()
         network = segmentation.build_segmentation_network(
-            resolve_backbone(backbone, input_shape),
+            backbones_lib.resolve_backbone(backbone, input_shape),
             num_classes,
             branch_stages=config.branch_stages,
             with_branches=config.uses_branches,
@@ -122,6 +126,11 @@ class MBAKTSegmenter(MBAKT):
 
     def _train_metric_names(self):
         return super()._train_metric_names() + [f"{head}_miou" for head in self.miou_trackers]
+
+    def _check_label_shape(self, images, labels):
+        image_size, label_size = tuple(images.shape[1:3]), tuple(labels.shape[1:3])
+        if None not in image_size + label_size and image_size != label_size:
+            raise ValueError(f"Label maps {label_size} and images {image_size} differ in size.")
 
     def _valid_pixels(self, labels):
         if self.ignore_label is None:

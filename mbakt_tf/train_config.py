@@ -8,9 +8,10 @@ import dataclasses
 from typing import Optional
 
 from mbakt_tf.config import MBAKTConfig, config_field  # noqa: F401 - MBAKTConfig: the doctest
+from mbakt_tf.tasks import TASK_NAMES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-TASKS = ("classification", "segmentation")
+TASKS = TASK_NAMES
 SCHEDULES = ("cosine", "constant")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")  # see distribute.make_strategy
 

@@ -19,10 +19,11 @@ import time
 import keras
 import tensorflow as tf
 
-from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume
+from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume, tasks
 from mbakt_tf import data as data_lib
+from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
-from mbakt_tf.model import ENSEMBLE, MBAKT
+from mbakt_tf.multi_branch_model import MultiBranchModel
 from mbakt_tf.train_config import OPTIMIZERS, SCHEDULES, STRATEGIES, TASKS, TrainConfig  # noqa: F401 - re-exported
 
 LOG_DIR = "logs"  # TensorBoard logs of a run: <run folder>/logs/{train,validation}
@@ -89,7 +90,7 @@ def tensorboard_callback(log_dir, steps=0):
 
 @dataclasses.dataclass
 class TrainResult:
-    model: MBAKT
+    model: MultiBranchModel
     history: dict
     test_results: dict
     parameter_counts: dict
@@ -119,8 +120,7 @@ def make_optimizers(train_config, steps_per_epoch):
 
 
 def load_data(train_config):
-    load = data_lib.load_segmentation if train_config.task == "segmentation" else data_lib.load_classification
-    return load(
+    return tasks.get_task(train_config.task).load_data(
         train_config.dataset,
         data_dir=train_config.data_dir,
         batch_size=train_config.batch_size,
@@ -164,13 +164,7 @@ def run_fingerprint(train_config, mbakt_config):
 
 def build_model(train_config, mbakt_config, info, steps_per_epoch):
     """The compiled MBAKT model of a run (call inside the strategy's scope)."""
-    model = MBAKT.from_backbone(
-        train_config.backbone, num_classes=info.num_classes, input_shape=info.input_shape,
-        config=mbakt_config,
-        task=train_config.task,
-        # Segmentation: the dataset says which label value marks pixels to ignore.
-        **({"ignore_label": info.ignore_label} if train_config.task == "segmentation" else {}),
-    )
+    model = tasks.get_task(train_config.task).build_model(train_config.backbone, info, mbakt_config)
     if train_config.sync_batchnorm:
         distribute.synchronize_batchnorm(model)
     g_optimizer, d_optimizer = make_optimizers(train_config, steps_per_epoch)

@@ -59,11 +59,11 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from error
 
-    from mbakt_tf import atomic, reporting, training
+    from mbakt_tf import atomic, reporting, tasks, training
 
-    segmentation = train_config.task == "segmentation"
-    metric = "miou" if segmentation else "accuracy"  # what the table and the plot show
-    dataset_name = f"{train_config.dataset}_segmentation" if segmentation else train_config.dataset
+    task = tasks.get_task(train_config.task)
+    metric = task.metric  # what the table and the plot show
+    dataset_name = f"{train_config.dataset}{task.run_suffix}"
     out_dir = os.path.join(
         FLAGS.output_dir, FLAGS.run_name or f"compare_{dataset_name}_{train_config.backbone}"
     )
@@ -103,7 +103,7 @@ def main(argv):
     atomic.write_text(os.path.join(out_dir, "results.md"), table)
     reporting.plot_validation_curves(runs, os.path.join(out_dir, f"validation_{metric}.png"), variants, metric)
     print()
-    print(f"Test {'mIoU' if segmentation else 'accuracy'} on {splits.info.name}, mean ± std over seeds {seeds} "
+    print(f"Test {'mIoU' if metric == 'miou' else 'accuracy'} on {splits.info.name}, mean ± std over seeds {seeds} "
           f"({time.time() - start:.0f} s this invocation):")
     print(table)
     print(f"Written: {out_dir}/results.json, results.md, validation_{metric}.png")
