@@ -158,10 +158,15 @@ class MultiBranchModel(keras.Model):
     def branch_logits(self, images, training=False):
         """Dict of logits of every branch and of the ensemble."""
         outputs = self.network(images, training=training)
-        logits = {b: outputs[f"{b}_logits"] for b in self.branch_names}
-        if len(self.branch_names) > 1:
-            logits[ENSEMBLE] = self._ensemble(list(logits.values()), outputs)
-        return logits
+        logits = [outputs[f"{b}_logits"] for b in self.branch_names]
+        return self._heads(logits, self._ensemble(logits, outputs) if len(logits) > 1 else None)
+
+    def _heads(self, logits, ensemble):
+        """{head: logits} of every branch (main first) and, with branches, the ensemble."""
+        heads = dict(zip(self.branch_names, logits))
+        if len(logits) > 1:
+            heads[ENSEMBLE] = ensemble
+        return heads
 
     @property
     def gated(self):
@@ -384,9 +389,7 @@ class MultiBranchModel(keras.Model):
         return self._results(names)
 
     def _update_accuracy(self, labels, logits, ensemble):
-        heads = dict(zip(self.branch_names, logits))
-        if len(logits) > 1:
-            heads[ENSEMBLE] = ensemble
+        heads = self._heads(logits, ensemble)
         for head, z in heads.items():
             self.accuracy_trackers[head].update_state(labels, z)
         return heads

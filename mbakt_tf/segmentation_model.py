@@ -37,7 +37,6 @@ from keras import ops
 from mbakt_tf import backbones as backbones_lib
 from mbakt_tf import branches as branches_lib
 from mbakt_tf import segmentation
-from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.discriminator import discriminator_input_channels, patch_discriminator
 from mbakt_tf.multi_branch_model import MultiBranchModel
@@ -139,9 +138,7 @@ class MBAKTSegmenter(MultiBranchModel):
 
     def _update_accuracy(self, labels, logits, ensemble):
         """Pixel accuracy and mIoU of every head, ignored pixels left out."""
-        heads = dict(zip(self.branch_names, logits))
-        if len(logits) > 1:
-            heads[ENSEMBLE] = ensemble
+        heads = self._heads(logits, ensemble)
         valid = self._valid_pixels(labels)
         for head, z in heads.items():
             self.accuracy_trackers[head].update_state(labels, z, sample_weight=valid)
