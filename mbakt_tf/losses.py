@@ -95,6 +95,23 @@ def discriminator_balanced_accuracy(real_logits, fake_logits):
     return 0.5 * (real_right + fake_right)
 
 
+def squared_gradient_norm(tape, target, sources):
+    """`||d target / d sources||^2` from a persistent tape (0 when nothing depends on `sources`)."""
+    grads = [g for g in tape.gradient(target, sources) if g is not None]
+    if not grads:
+        return ops.convert_to_tensor(0.0, "float32")
+    return ops.sum(ops.stack([ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads]))
+
+
+def norm_ratio(numerator_squared, denominator_squared):
+    """`sqrt(numerator_squared / denominator_squared)`, 0 when the denominator vanishes."""
+    return ops.where(
+        denominator_squared > 0,
+        ops.sqrt(numerator_squared / ops.maximum(denominator_squared, 1e-24)),
+        0.0,
+    )
+
+
 def gradient_norm_ratio(tape, numerator, denominator, sources):
     """`||d numerator / d sources|| / ||d denominator / d sources||` from a persistent tape.
 
@@ -102,12 +119,6 @@ def gradient_norm_ratio(tape, numerator, denominator, sources):
     tensors (e.g. the adversarial term next to cross-entropy on the network's
     outputs); 0 when the denominator's gradient vanishes.
     """
-
-    def norm(target):
-        grads = [g for g in tape.gradient(target, sources) if g is not None]
-        if not grads:
-            return ops.convert_to_tensor(0.0, "float32")
-        return ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads])))
-
-    below = norm(denominator)
-    return ops.where(below > 0, norm(numerator) / ops.maximum(below, 1e-12), 0.0)
+    return norm_ratio(
+        squared_gradient_norm(tape, numerator, sources), squared_gradient_norm(tape, denominator, sources)
+    )

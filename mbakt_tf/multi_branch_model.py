@@ -308,6 +308,16 @@ class MultiBranchModel(keras.Model):
         terms["adv"] = ops.sum(ops.stack(adv))
         return self.adversarial_weight() * terms["adv"]
 
+    @staticmethod
+    def _global_gradient_ratio(tape, numerator, denominator, sources):
+        """`losses.gradient_norm_ratio` over the global batch: replicas sum their squared norms
+        (their outputs are disjoint), so every replica applies the same cap as one device would."""
+        squared = [losses.squared_gradient_norm(tape, t, sources) for t in (numerator, denominator)]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            squared = context.all_reduce("sum", squared)
+        return losses.norm_ratio(*squared)
+
     def _adversarial_scale(self, ratio):
         """The factor that keeps the adversarial gradient within `max_adversarial_grad_ratio` of ce's."""
         cap = self.config.max_adversarial_grad_ratio
@@ -359,7 +369,7 @@ class MultiBranchModel(keras.Model):
                     terms, total = self._generator_terms(labels, outputs, logits, teacher, ensemble)
                     weighted_adv = self._adversarial_term(terms, outputs, logits, teacher, labels, tape)
                 with tape.stop_recording():
-                    ratio = losses.gradient_norm_ratio(probe, weighted_adv, terms["ce"], watched)
+                    ratio = self._global_gradient_ratio(probe, weighted_adv, terms["ce"], watched)
                     terms["adv_scale"] = self._adversarial_scale(ratio)
                     terms["adv_grad_ratio"] = ratio * terms["adv_scale"]
                 del probe
