@@ -34,7 +34,6 @@ class MBAKT(MultiBranchModel):
     ```
     """
 
-
     @classmethod
     def from_backbone(
         cls, backbone, num_classes, input_shape=None, config=None, task="classification", name=None,
