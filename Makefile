@@ -64,8 +64,8 @@ test: setup setup-optimize setup-mediapipe
 	$(PY) -m pytest
 
 # Tests marked slow (real data, longer training).
-test-slow: setup data
+test-slow: setup setup-optimize setup-mediapipe data
 	$(PY) -m pytest -m slow
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(OPTIMIZE_VENV) $(MEDIAPIPE_VENV) *.egg-info .pytest_cache
