@@ -383,26 +383,14 @@ def test_keras_cv_segmenter_is_not_erased_by_the_adversary(caplog):
     with ignored outlines, 8 epochs. The default config keeps its objects (test mIoU >= 0.85; plain
     reaches 0.94); the old design without the gradient cap erases them, and the guard says so."""
     import logging
+    import runpy
 
-    import keras_cv
-
-    from mbakt_tf import guards
+    # The same run as the README's table: experiments/keras_cv_segmenter_collapse.py.
+    experiment = runpy.run_path(os.path.join(ROOT, "experiments", "keras_cv_segmenter_collapse.py"))
 
     def run(config):
-        keras.utils.set_random_seed(11)
-        splits = data.load_segmentation(
-            "synthetic", batch_size=16, validation_fraction=0.1, seed=5, train_limit=1024, test_limit=64,
-            synthetic_kwargs=dict(image_shape=(32, 32, 3), num_train=1024, num_test=64, ignore_border=True))
-        backbone = keras_cv.models.ResNetBackbone(
-            stackwise_filters=[8, 16, 32], stackwise_blocks=[1, 1, 1], stackwise_strides=[1, 2, 2],
-            block_type="block", include_rescaling=True, input_shape=(32, 32, 3))
-        model = mbakt_tf.MBAKT.from_backbone(
-            backbone, num_classes=splits.info.num_classes, task="segmentation", config=config,
-            ignore_label=splits.info.ignore_label)
-        model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-        guard = guards.AdversarialTakeoverGuard()
-        model.fit(splits.train, epochs=8, verbose=0, callbacks=[guard])
-        return model.evaluate(splits.test, return_dict=True, verbose=0)["main_miou"], guard.events
+        miou, _, events = experiment["run"](config)
+        return miou, events
 
     miou, events = run(mbakt_tf.MBAKTConfig(mode="mbakt"))
     assert miou >= 0.85 and events == []
