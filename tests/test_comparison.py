@@ -47,6 +47,19 @@ def test_variant_configs_and_unknown_variant():
         comparison.variant_config(base, "mbakt_no_fun")
 
 
+def test_variant_overrides_tune_a_method_and_name_its_runs():
+    byot = comparison.variant_config(MBAKTConfig(), "byot:alpha=0.2")
+    assert (byot.mode, byot.alpha, byot.branch_design) == ("byot", 0.2, "exit")
+    mbakt = comparison.variant_config(MBAKTConfig(), "mbakt_peer:gamma=0:teacher=main:branch_stages=none")
+    assert (mbakt.branch_design, mbakt.gamma, mbakt.teacher, mbakt.branch_stages) == ("peer", 0, "main", None)
+    assert comparison.run_dir_name("byot:alpha=0.2", 1) == "byot-alpha0.2_seed1"
+    assert comparison.run_dir_name("plain", 0) == "plain_seed0"
+    with pytest.raises(ValueError, match="'alfa=0.2' is not field=value"):
+        comparison.variant_config(MBAKTConfig(), "byot:alfa=0.2")
+    with pytest.raises(ValueError, match="alpha must be in"):
+        comparison.variant_config(MBAKTConfig(), "byot:alpha=2")
+
+
 def test_resume_trains_only_unfinished_runs(tmp_path):
     calls = []
 

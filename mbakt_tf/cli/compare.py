@@ -28,7 +28,8 @@ cli_flags.define_training_flags()
 flags.DEFINE_list(
     "variants", ["plain", "byot", "one", "mbakt"],
     "Variants to train: plain, byot, one (ONE-style: peers, gated teacher, ce + kd), mbakt, an ablation "
-    "(mbakt_no_kd, ...) or a design (mbakt_exit, mbakt_peer, mbakt_deep).",
+    "(mbakt_no_kd, ...) or a design (mbakt_exit, mbakt_peer, mbakt_deep); any of them may override "
+    "MBAKTConfig fields after colons, e.g. byot:alpha=0.2 or mbakt:gamma=0:beta=0.1.",
 )
 flags.DEFINE_bool(
     "ablations", False,
