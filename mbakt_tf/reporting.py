@@ -132,17 +132,22 @@ def gain_over_plain(results, metric="accuracy"):
     >>> gain_over_plain({"runs": runs})["one"]["mean"]  # doctest: +ELLIPSIS
     1.5...
     """
+    return paired_gains(results, "plain", metric)
+
+
+def paired_gains(results, baseline, metric="accuracy"):
+    """Like `gain_over_plain`, over any `baseline` variant (e.g. "byot")."""
     import numpy as np
 
     by_variant = {}
     for name, result in results["runs"].items():
         variant, seed = name.rsplit("_seed", 1)
         by_variant.setdefault(variant, {})[int(seed)] = 100 * result["test"][f"main_{metric}"]
-    plain = by_variant.get("plain", {})
+    reference = by_variant.get(baseline, {})
     gains = {}
     for variant, by_seed in by_variant.items():
-        diffs = [by_seed[s] - plain[s] for s in sorted(by_seed) if s in plain]
-        if variant == "plain" or not diffs:
+        diffs = [by_seed[s] - reference[s] for s in sorted(by_seed) if s in reference]
+        if variant == baseline or not diffs:
             continue
         gains[variant] = {
             "mean": float(np.mean(diffs)),
@@ -150,6 +155,38 @@ def gain_over_plain(results, metric="accuracy"):
             "n": len(diffs),
         }
     return gains
+
+
+def paired_gains_table(results, baselines, metric="accuracy"):
+    """Markdown: the main branch's gain of every variant over each of `baselines`, paired by seed.
+
+    A cell reads `+1.36 ± 0.20 (3)`: mean ± sample std of the per-seed
+    differences in points, over the 3 seeds both finished; "-" where none did.
+    Baselines without runs are left out.
+
+    Example:
+    >>> runs = {f"{v}_seed{s}": {"test": {"main_accuracy": a}}
+    ...         for v, s, a in [("plain", 0, .80), ("plain", 1, .82), ("one", 0, .81), ("one", 1, .84)]}
+    >>> print(paired_gains_table({"runs": runs}, ["plain", "byot"]), end="")
+    | variant | gain over plain (points) |
+    |---|---|
+    | one | +1.50 ± 0.71 (2) |
+    """
+    variants = list(dict.fromkeys(name.rsplit("_seed", 1)[0] for name in results["runs"]))
+    gains = {b: paired_gains(results, b, metric) for b in baselines if b in variants}
+    if not gains:
+        return ""
+    header = ["variant"] + [f"gain over {b} (points)" for b in gains]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        if all(variant == b for b in gains):
+            continue
+        cells = [variant]
+        for by_variant in gains.values():
+            gain = by_variant.get(variant)
+            cells.append(f"{gain['mean']:+.2f} ± {gain['std']:.2f} ({gain['n']})" if gain else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_gain_over_plain(points, path, metric="accuracy"):

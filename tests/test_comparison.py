@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -124,7 +125,10 @@ def test_compare_script_on_synthetic_data_resumes(tmp_path):
     assert summary["plain"]["params"] == summary["mbakt"]["params"]
     assert summary["plain"]["flops"] == summary["mbakt"]["flops"]
     assert "ensemble" in summary["mbakt"]["accuracy"]
-    assert (out / "results.md").read_text().startswith("| variant |")
+    report = (out / "results.md").read_text()
+    assert report.startswith("| variant |")
+    assert "| variant | gain over plain (points) |" in report
+    assert re.search(r"\| mbakt \| [+-]\d+\.\d\d ± \d+\.\d\d \(2\) \|", report)
     assert (out / "validation_accuracy.png").stat().st_size > 1000
 
     second = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -162,6 +166,22 @@ def test_gain_over_plain_pairs_seeds():
     assert gains["one"]["n"] == 2
     assert gains["one"]["mean"] == pytest.approx(1.5)
     assert gains["one"]["std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
+
+
+def test_paired_gains_over_any_baseline():
+    runs = {
+        f"{variant}_seed{seed}": {"test": {"main_miou": miou}}
+        for variant, seed, miou in [
+            ("plain", 0, 0.70), ("plain", 1, 0.72), ("byot", 0, 0.75), ("byot", 1, 0.74),
+            ("mbakt", 0, 0.78), ("mbakt", 1, 0.78),
+        ]
+    }
+    over_byot = reporting.paired_gains({"runs": runs}, "byot", metric="miou")
+    assert over_byot["mbakt"]["mean"] == pytest.approx(3.5) and over_byot["plain"]["mean"] == pytest.approx(-3.5)
+    lines = reporting.paired_gains_table({"runs": runs}, ["plain", "byot", "one"], metric="miou").splitlines()
+    assert lines[0] == "| variant | gain over plain (points) | gain over byot (points) |"
+    assert lines[2] == "| plain | - | -3.50 ± 2.12 (2) |"
+    assert lines[4] == "| mbakt | +7.00 ± 1.41 (2) | +3.50 ± 0.71 (2) |"
 
 
 def test_tables_and_plots_keep_every_branch():

@@ -101,6 +101,11 @@ def main(argv):
         sort_keys=True,
     )
     table = reporting.markdown_table(summary, variants, metric=metric)
+    gains = reporting.paired_gains_table(
+        {"runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()}}, ["plain", "byot", "one"], metric
+    )
+    if gains:
+        table += "\nMain-branch gain, paired by seed (mean ± std of the per-seed differences):\n\n" + gains
     atomic.write_text(os.path.join(out_dir, "results.md"), table)
     reporting.plot_validation_curves(runs, os.path.join(out_dir, f"validation_{metric}.png"), variants, metric)
     print()
