@@ -120,11 +120,14 @@ def load_finished_run(out_dir, variant, seed):
         return json.load(f)
 
 
-def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=None, log=print):
+def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=None, log=print,
+                   train=True):
     """Trains every (variant, seed) not finished yet; returns {(variant, seed): results dict}.
 
     `train_fn(train_config, mbakt_config)` defaults to `training.train`; it must
     write `results.json` into `train_config.output_dir/train_config.run_name`.
+    With `train=False` nothing trains: unfinished runs are left out of the
+    result (to report on a comparison that is still running).
     """
     if train_fn is None:
         from mbakt_tf import training
@@ -139,6 +142,9 @@ def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn
         if finished is not None:
             log(f"[{index}/{total}] {variant} seed {seed}: finished before, read from disk")
             runs[(variant, seed)] = finished
+            continue
+        if not train:
+            log(f"[{index}/{total}] {variant} seed {seed}: not finished, left out")
             continue
         log(f"[{index}/{total}] {variant} seed {seed}: training")
         config = dataclasses.replace(

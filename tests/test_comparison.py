@@ -86,6 +86,15 @@ def test_resume_trains_only_unfinished_runs(tmp_path):
     assert calls == [("mbakt", 0), ("plain", 1), ("mbakt", 1)]
     assert second[("plain", 0)] == first[("plain", 0)]
     assert "finished before" in messages[0]
+    # Reporting on a comparison still running trains nothing and leaves the unfinished out.
+    calls.clear()
+    messages.clear()
+    report = comparison.run_comparison(
+        train_config, MBAKTConfig(), ["plain", "one"], seeds, str(tmp_path), train_fn, log=messages.append,
+        train=False,
+    )
+    assert calls == [] and set(report) == {("plain", 0), ("plain", 1)}
+    assert "one seed 0: not finished, left out" in messages[1]
 
 
 def test_summary_markdown_and_json(tmp_path):
@@ -135,6 +144,20 @@ def test_compare_script_on_synthetic_data_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("finished before, read from disk") == 4
     assert json.loads((out / "results.json").read_text())["summary"] == summary
+
+    # --report_only while byot has not run: nothing trains, byot is left out of the tables.
+    report = subprocess.run(
+        args + ["--variants=plain,mbakt,byot:alpha=0.2", "--report_only"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert report.stdout.count("not finished, left out") == 2 and "training" not in report.stdout
+    assert set(json.loads((out / "results.json").read_text())["summary"]) == {"plain", "mbakt"}
+    nothing = subprocess.run(
+        args + ["--variants=one", "--report_only"], capture_output=True, text=True, env=env, cwd=ROOT,
+        timeout=600,
+    )
+    assert nothing.returncode == 2 and "no finished run of ['one']" in nothing.stderr
 
     # The gain-over-plain plot reads the same results.json.
     png = tmp_path / "gain.png"

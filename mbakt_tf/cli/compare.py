@@ -36,6 +36,11 @@ flags.DEFINE_bool(
     "Also train each single-loss ablation of mbakt: no kd, no hint, no adv, no ensemble teacher.",
 )
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every variant trains once per seed.")
+flags.DEFINE_bool(
+    "report_only", False,
+    "Train nothing: write the tables and plots of the runs that finished (e.g. while the comparison "
+    "is still running in another process).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -84,7 +89,13 @@ def main(argv):
         return training.train(config, mbakt_config)
 
     start = time.time()
-    runs = comparison.run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=train_fn)
+    runs = comparison.run_comparison(
+        train_config, base_config, variants, seeds, out_dir, train_fn=train_fn, train=not FLAGS.report_only
+    )
+    if not runs:
+        print(f"error: no finished run of {variants} under {out_dir}/runs.", file=sys.stderr)
+        return 2
+    variants = [v for v in variants if any(key[0] == v for key in runs)]
     costs = comparison.main_branch_costs(
         train_config.backbone, splits.info, base_config, variants, task=train_config.task
     )
@@ -102,7 +113,8 @@ def main(argv):
     )
     table = reporting.markdown_table(summary, variants, metric=metric)
     gains = reporting.paired_gains_table(
-        {"runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()}}, ["plain", "byot", "one"], metric
+        {"runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()}},
+        [v for v in variants if v.split(":")[0] in ("plain", "byot", "one")], metric,
     )
     if gains:
         table += "\nMain-branch gain, paired by seed (mean ± std of the per-seed differences):\n\n" + gains
