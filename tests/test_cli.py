@@ -169,6 +169,10 @@ for path in paths:
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["prog", "--flagfile=" + path])
     mbakt_config, train_config = cli_flags.mbakt_config_from_flags(), cli_flags.train_config_from_flags()
+    if script == "compare":
+        from mbakt_tf import comparison
+        for variant in flags.FLAGS.variants:
+            comparison.variant_config(mbakt_config, variant)
     print("parsed", path, mbakt_config.mode, train_config.dataset)
 """
 
