@@ -161,7 +161,8 @@ def paired_gains_table(results, baselines, metric="accuracy"):
     """Markdown: the main branch's gain of every variant over each of `baselines`, paired by seed.
 
     A cell reads `+1.36 ± 0.20 (3)`: mean ± sample std of the per-seed
-    differences in points, over the 3 seeds both finished; "-" where none did.
+    differences in points, over the 3 seeds both finished (no std for a
+    single seed); "-" where none did.
     Baselines without runs are left out.
 
     Example:
@@ -184,7 +185,11 @@ def paired_gains_table(results, baselines, metric="accuracy"):
         cells = [variant]
         for by_variant in gains.values():
             gain = by_variant.get(variant)
-            cells.append(f"{gain['mean']:+.2f} ± {gain['std']:.2f} ({gain['n']})" if gain else "-")
+            if gain is None:
+                cells.append("-")
+            else:
+                spread = f" ± {gain['std']:.2f}" if gain["n"] > 1 else ""
+                cells.append(f"{gain['mean']:+.2f}{spread} ({gain['n']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
