@@ -100,6 +100,7 @@ def main(argv):
         train_config.backbone, splits.info, base_config, variants, task=train_config.task
     )
     summary = comparison.summarize(runs, costs)
+    runs_by_name = {f"{v}_seed{s}": r for (v, s), r in runs.items()}
     atomic.write_json(
         os.path.join(out_dir, "results.json"),
         {
@@ -107,14 +108,13 @@ def main(argv):
             "train_config": train_config.to_dict(),
             "base_mbakt_config": base_config.to_dict(),
             "seeds": seeds,
-            "runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()},
+            "runs": runs_by_name,
         },
         sort_keys=True,
     )
     table = reporting.markdown_table(summary, variants, metric=metric)
     gains = reporting.paired_gains_table(
-        {"runs": {f"{v}_seed{s}": r for (v, s), r in runs.items()}},
-        [v for v in variants if v.split(":")[0] in ("plain", "byot", "one")], metric,
+        {"runs": runs_by_name}, [v for v in variants if v.split(":")[0] in ("plain", "byot", "one")], metric,
     )
     if gains:
         table += "\nMain-branch gain, paired by seed (mean ± std of the per-seed differences):\n\n" + gains
