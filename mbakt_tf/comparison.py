@@ -15,6 +15,17 @@ summary = summarize(runs)
 A variant may override fields of its config after a colon, to tune a method on
 the validation split without a new table entry: `"byot:alpha=0.2"`,
 `"mbakt:gamma=0:beta=0.1"` (runs go to `byot-alpha0.2_seed0/` and so on).
+
+`plain@<variant>` is plain trained for the wall-clock of `<variant>` (e.g.
+`plain@mbakt_no_kd`): for each seed its epochs are the comparison's epochs
+times the ratio of the two runs' median epoch times (`<variant>` and `plain`
+of that seed, which train first), recorded under `equal_time` in its record.
+
+Records: with `records_dir` (e.g. `results/<comparison>`), every finished run's
+small record (`<variant>_seed<k>.json`: configs, history, test metrics, timing,
+code commit; no weights) is written there too, and a run with a record there is
+never retrained, so a comparison can be spread over days and machines by
+committing that folder.
 """
 
 import ast
@@ -56,15 +67,35 @@ DESIGNS = {
 }
 
 
+EQUAL_TIME = "plain@"
+
+
+def equal_time_reference(variant):
+    """The variant whose training time `variant` matches (`plain@mbakt` -> "mbakt"), or None.
+
+    Example:
+    >>> equal_time_reference("plain@byot:alpha=0.2"), equal_time_reference("plain")
+    ('byot:alpha=0.2', None)
+    """
+    return variant[len(EQUAL_TIME):] if variant.startswith(EQUAL_TIME) else None
+
+
 def variant_config(base, variant):
     """The `MBAKTConfig` of `variant`: a mode, a published method, an ablation or a design of mbakt.
 
-    `variant` may end in `:field=value` overrides, applied last (see the module docstring).
+    `variant` may end in `:field=value` overrides, applied last (see the module docstring);
+    `plain@<variant>` is plain (its epochs are set by `equal_time_epochs`).
 
     Example:
     >>> variant_config(MBAKTConfig(), "byot:alpha=0.2").alpha
     0.2
+    >>> variant_config(MBAKTConfig(), "plain@mbakt").mode
+    'plain'
     """
+    reference = equal_time_reference(variant)
+    if reference is not None:
+        variant_config(base, reference)  # an unknown reference fails here
+        return dataclasses.replace(base, mode="plain")
     name, overrides = _split_overrides(variant)
     if name in METHODS:
         config = dataclasses.replace(base, **METHODS[name])
@@ -106,28 +137,70 @@ def _parse_value(text):
 
 
 def run_dir_name(variant, seed):
+    """`byot:alpha=0.2` -> `byot-alpha0.2_seed0`; `plain@mbakt` -> `plain-at-mbakt_seed0`."""
+    variant = variant.replace("@", "-at-")
     name, *assignments = variant.split(":")
     suffix = "".join(f"-{a.replace('=', '')}" for a in assignments)
     return f"{name}{suffix}_seed{seed}"
 
 
-def load_finished_run(out_dir, variant, seed):
-    """The results.json of a finished (variant, seed), or None."""
-    path = os.path.join(out_dir, "runs", run_dir_name(variant, seed), "results.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def record_path(records_dir, variant, seed):
+    """Where the kept record of (variant, seed) lives: `<records_dir>/<run dir name>.json`."""
+    return os.path.join(records_dir, run_dir_name(variant, seed) + ".json")
+
+
+def load_finished_run(out_dir, variant, seed, records_dir=None):
+    """The record of a finished (variant, seed), or None: the kept record first, then the run's results.json."""
+    paths = [record_path(records_dir, variant, seed)] if records_dir else []
+    paths.append(os.path.join(out_dir, "runs", run_dir_name(variant, seed), "results.json"))
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def equal_time_epochs(epochs, reference_record, plain_record):
+    """Epochs of plain that take as long as `reference_record`'s run: {"epochs", "ratio", ...}.
+
+    The ratio is of median epoch times (training plus validation), the same
+    seed's runs, so one slow epoch on a shared machine barely moves it.
+
+    Example:
+    >>> record = lambda seconds: {"timing": {"epoch_seconds": seconds}}
+    >>> equal_time_epochs(20, record([40.0, 30.1, 30.3, 29.9]), record([25.0, 20.0, 20.2, 19.8]))["epochs"]
+    30
+    """
+    from mbakt_tf import run_timing
+
+    reference = run_timing.median_epoch_seconds(reference_record)
+    plain = run_timing.median_epoch_seconds(plain_record)
+    ratio = reference / plain
+    return {
+        "epochs": max(1, int(round(epochs * ratio))),
+        "ratio": round(ratio, 4),
+        "reference_epoch_seconds": round(reference, 3),
+        "plain_epoch_seconds": round(plain, 3),
+        "reference_train_seconds": reference_record.get("train_seconds"),
+    }
+
+
+def _write_record(records_dir, variant, seed, record):
+    from mbakt_tf import atomic
+
+    os.makedirs(records_dir, exist_ok=True)
+    atomic.write_json(record_path(records_dir, variant, seed), record, sort_keys=True)
 
 
 def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=None, log=print,
-                   train=True):
+                   train=True, records_dir=None):
     """Trains every (variant, seed) not finished yet; returns {(variant, seed): results dict}.
 
     `train_fn(train_config, mbakt_config)` defaults to `training.train`; it must
     write `results.json` into `train_config.output_dir/train_config.run_name`.
     With `train=False` nothing trains: unfinished runs are left out of the
-    result (to report on a comparison that is still running).
+    result (to report on a comparison that is still running). With
+    `records_dir`, finished runs are read from and written to it (module docstring).
     """
     if train_fn is None:
         from mbakt_tf import training
@@ -135,26 +208,49 @@ def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn
         train_fn = training.train
     for variant in variants:
         variant_config(base_config, variant)  # unknown names fail before any training
+        reference = equal_time_reference(variant)
+        if reference is not None and (reference not in variants or "plain" not in variants
+                                      or variants.index(reference) > variants.index(variant)):
+            raise ValueError(
+                f"Variant {variant!r} needs 'plain' and {reference!r} in the same comparison, "
+                "listed before it (its epochs come from their epoch times)."
+            )
     runs = {}
     total = len(variants) * len(seeds)
     for index, (seed, variant) in enumerate(((s, v) for s in seeds for v in variants), start=1):
-        finished = load_finished_run(out_dir, variant, seed)
+        finished = load_finished_run(out_dir, variant, seed, records_dir)
         if finished is not None:
             log(f"[{index}/{total}] {variant} seed {seed}: finished before, read from disk")
+            if records_dir and not os.path.isfile(record_path(records_dir, variant, seed)):
+                _write_record(records_dir, variant, seed, finished)
             runs[(variant, seed)] = finished
             continue
         if not train:
             log(f"[{index}/{total}] {variant} seed {seed}: not finished, left out")
             continue
-        log(f"[{index}/{total}] {variant} seed {seed}: training")
         config = dataclasses.replace(
             train_config, seed=seed, output_dir=os.path.join(out_dir, "runs"),
             run_name=run_dir_name(variant, seed),
         )
+        equal_time = None
+        reference = equal_time_reference(variant)
+        if reference is not None:
+            equal_time = equal_time_epochs(
+                train_config.epochs, runs[(reference, seed)], runs[("plain", seed)]
+            )
+            config = dataclasses.replace(config, epochs=equal_time["epochs"])
+            log(f"[{index}/{total}] {variant} seed {seed}: {equal_time['epochs']} epochs, the time of "
+                f"{reference}'s {train_config.epochs} (epoch-time ratio {equal_time['ratio']:.2f})")
+        log(f"[{index}/{total}] {variant} seed {seed}: training")
         train_fn(config, variant_config(base_config, variant))
-        runs[(variant, seed)] = load_finished_run(out_dir, variant, seed)
-        if runs[(variant, seed)] is None:
+        finished = load_finished_run(out_dir, variant, seed)
+        if finished is None:
             raise RuntimeError(f"Training {variant} seed {seed} wrote no results.json.")
+        if equal_time is not None:
+            finished["equal_time"] = dict(equal_time, reference=reference)
+        if records_dir:
+            _write_record(records_dir, variant, seed, finished)
+        runs[(variant, seed)] = finished
     return runs
 
 

@@ -19,7 +19,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume, tasks
+from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume, run_timing, tasks
 from mbakt_tf import data as data_lib
 from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
@@ -240,6 +240,8 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
         run_callbacks.append(distribute.AverageReplicaStatistics(strategy))
     if tensorboard is not None:
         run_callbacks.append(tensorboard)
+    timer = run_timing.EpochTimer(steps_per_epoch)
+    run_callbacks.append(timer)
     run_callbacks += list(callbacks)
     initial_epoch = backup.initial_epoch if backup is not None else 0
     # One stream of batches for the whole run (see resume.training_stream):
@@ -287,6 +289,8 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
         "history": {k: [float(x) for x in v] for k, v in epoch_history.items()},
         "parameters": counts,
         "train_seconds": train_seconds,
+        "timing": timer.summary(),
+        "code_commit": run_timing.code_commit(),
         "distribution": {
             "strategy": train_config.strategy,
             "replicas": int(strategy.num_replicas_in_sync),

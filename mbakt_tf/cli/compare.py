@@ -36,6 +36,12 @@ flags.DEFINE_bool(
     "Also train each single-loss ablation of mbakt: no kd, no hint, no adv, no ensemble teacher.",
 )
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every variant trains once per seed.")
+flags.DEFINE_string(
+    "results_dir", "results",
+    "Kept records: each finished run's small record (no weights) is written to "
+    "<results_dir>/<run name>/<variant>_seed<k>.json, and a run with a record there is not retrained. "
+    "Commit that folder to continue a comparison elsewhere. Empty: no records.",
+)
 flags.DEFINE_bool(
     "report_only", False,
     "Train nothing: write the tables and plots of the runs that finished (e.g. while the comparison "
@@ -62,6 +68,9 @@ def main(argv):
         variants = list(FLAGS.variants) + (list(comparison.ABLATIONS) if FLAGS.ablations else [])
         for variant in variants:
             comparison.variant_config(base_config, variant)
+            reference = comparison.equal_time_reference(variant)
+            if reference is not None and (reference not in variants or "plain" not in variants):
+                raise ValueError(f"--variants: {variant} needs plain and {reference} in --variants too.")
     except ValueError as error:
         raise app.UsageError(str(error)) from error
 
@@ -70,9 +79,9 @@ def main(argv):
     task = tasks.get_task(train_config.task)
     metric = task.metric  # what the table and the plot show
     dataset_name = f"{train_config.dataset}{task.run_suffix}"
-    out_dir = os.path.join(
-        FLAGS.output_dir, FLAGS.run_name or f"compare_{dataset_name}_{train_config.backbone}"
-    )
+    comparison_name = FLAGS.run_name or f"compare_{dataset_name}_{train_config.backbone}"
+    out_dir = os.path.join(FLAGS.output_dir, comparison_name)
+    records_dir = os.path.join(FLAGS.results_dir, comparison_name) if FLAGS.results_dir else None
     try:
         training.check_writable(out_dir)
     except training.NotWritableError as error:
@@ -90,7 +99,8 @@ def main(argv):
 
     start = time.time()
     runs = comparison.run_comparison(
-        train_config, base_config, variants, seeds, out_dir, train_fn=train_fn, train=not FLAGS.report_only
+        train_config, base_config, variants, seeds, out_dir, train_fn=train_fn, train=not FLAGS.report_only,
+        records_dir=records_dir,
     )
     if not runs:
         print(f"error: no finished run of {variants} under {out_dir}/runs.", file=sys.stderr)
@@ -114,7 +124,7 @@ def main(argv):
     )
     table = reporting.markdown_table(summary, variants, metric=metric)
     gains = reporting.paired_gains_table(
-        {"runs": runs_by_name}, [v for v in variants if v.split(":")[0] in ("plain", "byot", "one")], metric,
+        {"runs": runs_by_name}, [v for v in variants if v.split(":")[0] in ("plain", "byot", "one") or comparison.equal_time_reference(v)], metric,
     )
     if gains:
         table += "\nMain-branch gain, paired by seed (mean ± std of the per-seed differences):\n\n" + gains
@@ -126,6 +136,8 @@ def main(argv):
     print(table)
     print(f"Written: {out_dir}/results.json, results.md, validation_{metric}.png")
     print(f"Each run: {out_dir}/runs/<variant>_seed<k>/ (results.json, curves.png, model.keras)")
+    if records_dir:
+        print(f"Kept records (commit them): {records_dir}/<variant>_seed<k>.json")
     if train_config.tensorboard:
         print(f"TensorBoard, every run side by side: tensorboard --logdir {out_dir}")
     return 0

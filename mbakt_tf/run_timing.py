@@ -1,0 +1,98 @@
+"""Where a run's wall-clock goes: seconds per epoch, and per training step.
+
+`EpochTimer` is a Keras callback. It records each epoch's wall-clock (training
+plus validation) and the part spent on training batches alone, so a run's
+record carries a step time that does not depend on how long validation took.
+Equal-time baselines (`comparison`, `plain@time`) compare runs by the median
+epoch, which a transient load on a shared machine barely moves.
+
+Example:
+```python
+timer = EpochTimer(steps_per_epoch=421)
+model.fit(train, validation_data=validation, epochs=3, callbacks=[timer])
+timer.summary()   # {"epoch_seconds": [...], "train_epoch_seconds": [...], "step_seconds": 0.041}
+```
+"""
+
+import os
+import subprocess
+import time
+
+import keras
+import numpy as np
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records wall-clock seconds per epoch, whole and training batches only."""
+
+    def __init__(self, steps_per_epoch):
+        super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epoch_seconds = []
+        self.train_epoch_seconds = []
+        self._epoch_start = None
+        self._train_end = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._train_end = None
+
+    def on_test_begin(self, logs=None):
+        # Validation inside fit: the epoch's training batches are done.
+        if self._epoch_start is not None and self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._epoch_start is None:
+            return
+        end = time.perf_counter()
+        self.epoch_seconds.append(end - self._epoch_start)
+        self.train_epoch_seconds.append((self._train_end or end) - self._epoch_start)
+        self._epoch_start = None
+
+    def summary(self):
+        """The record's timing fields; the step time is the median epoch's (the first traces the step)."""
+        return timing_summary(self.epoch_seconds, self.train_epoch_seconds, self.steps_per_epoch)
+
+
+def timing_summary(epoch_seconds, train_epoch_seconds, steps_per_epoch):
+    """{"epoch_seconds", "train_epoch_seconds", "step_seconds"} from per-epoch timings.
+
+    Example:
+    >>> timing_summary([12.0, 5.0, 5.2], [11.0, 4.0, 4.2], 100)["step_seconds"]
+    0.041
+    """
+    steady = train_epoch_seconds[1:] or train_epoch_seconds
+    step = float(np.median(steady)) / max(1, steps_per_epoch) if steady else None
+    return {
+        "epoch_seconds": [round(float(s), 3) for s in epoch_seconds],
+        "train_epoch_seconds": [round(float(s), 3) for s in train_epoch_seconds],
+        "step_seconds": None if step is None else round(step, 6),
+    }
+
+
+def median_epoch_seconds(record):
+    """The median wall-clock epoch of a run record (its whole time over epochs when it has no timings)."""
+    epochs = record.get("timing", {}).get("epoch_seconds") or []
+    steady = epochs[1:] or epochs
+    if steady:
+        return float(np.median(steady))
+    return float(record["train_seconds"]) / max(1, int(record["train_config"]["epochs"]))
+
+
+def code_commit(directory=None):
+    """The git commit the code runs at ("<sha>" or "<sha>-dirty"), or None outside a checkout."""
+    directory = directory or os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10,
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
