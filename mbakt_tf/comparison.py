@@ -18,7 +18,7 @@ the validation split without a new table entry: `"byot:alpha=0.2"`,
 
 `plain@<variant>` is plain trained for the wall-clock of `<variant>` (e.g.
 `plain@mbakt_no_kd`): for each seed its epochs are the comparison's epochs
-times the ratio of the two runs' median epoch times (`<variant>` and `plain`
+times the ratio of the two runs' fastest epochs (`<variant>` and `plain`
 of that seed, which train first), recorded under `equal_time` in its record.
 
 Records: with `records_dir` (e.g. `results/<comparison>`), every finished run's
@@ -163,8 +163,9 @@ def load_finished_run(out_dir, variant, seed, records_dir=None):
 def equal_time_epochs(epochs, reference_record, plain_record):
     """Epochs of plain that take as long as `reference_record`'s run: {"epochs", "ratio", ...}.
 
-    The ratio is of median epoch times (training plus validation), the same
-    seed's runs, so one slow epoch on a shared machine barely moves it.
+    The ratio is of the same seed's fastest epochs (training plus validation,
+    the first epoch excluded), so a load on a shared machine during part of
+    either run does not move it.
 
     Example:
     >>> record = lambda seconds: {"timing": {"epoch_seconds": seconds}}
@@ -173,8 +174,8 @@ def equal_time_epochs(epochs, reference_record, plain_record):
     """
     from mbakt_tf import run_timing
 
-    reference = run_timing.median_epoch_seconds(reference_record)
-    plain = run_timing.median_epoch_seconds(plain_record)
+    reference = run_timing.fastest_epoch_seconds(reference_record)
+    plain = run_timing.fastest_epoch_seconds(plain_record)
     ratio = reference / plain
     return {
         "epochs": max(1, int(round(epochs * ratio))),

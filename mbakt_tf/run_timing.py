@@ -3,8 +3,9 @@
 `EpochTimer` is a Keras callback. It records each epoch's wall-clock (training
 plus validation) and the part spent on training batches alone, so a run's
 record carries a step time that does not depend on how long validation took.
-Equal-time baselines (`comparison`, `plain@time`) compare runs by the median
-epoch, which a transient load on a shared machine barely moves.
+Equal-time baselines (`comparison`, `plain@<variant>`) compare runs by their
+fastest epoch (the first excluded: it traces the step), which a load on a
+shared machine for part of a run does not move.
 
 Example:
 ```python
@@ -71,12 +72,17 @@ def timing_summary(epoch_seconds, train_epoch_seconds, steps_per_epoch):
     }
 
 
-def median_epoch_seconds(record):
-    """The median wall-clock epoch of a run record (its whole time over epochs when it has no timings)."""
+def fastest_epoch_seconds(record):
+    """The fastest wall-clock epoch of a run record, the first excluded (its whole time over epochs without timings).
+
+    Example:
+    >>> fastest_epoch_seconds({"timing": {"epoch_seconds": [9.0, 4.1, 6.0, 4.0]}})
+    4.0
+    """
     epochs = record.get("timing", {}).get("epoch_seconds") or []
     steady = epochs[1:] or epochs
     if steady:
-        return float(np.median(steady))
+        return float(min(steady))
     return float(record["train_seconds"]) / max(1, int(record["train_config"]["epochs"]))
 
 
