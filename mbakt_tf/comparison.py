@@ -190,6 +190,7 @@ def _write_record(records_dir, variant, seed, record):
     from mbakt_tf import atomic
 
     os.makedirs(records_dir, exist_ok=True)
+    record = dict(record, variant=variant, seed=seed)
     atomic.write_json(record_path(records_dir, variant, seed), record, sort_keys=True)
 
 
