@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # tensorflow-model-optimization (QAT, pruning) needs tf_keras, pins absl-py~=1.2 and sets
 # TF_USE_LEGACY_KERAS on import: it lives in a virtualenv of its own, which mbakt_tf.optimize
-# runs as a separate process (README, "Quantization-aware training and pruning").
+# runs as a separate process (docs/optimize.md).
 OPTIMIZE_VENV ?= .venv-optimize
 # MediaPipe (TFLite Metadata writers, the Tasks API Android apps call) in a virtualenv of its own:
 # 0.10.21 is the last release whose wheel ships the metadata writers' native part (later ones,
@@ -40,7 +40,7 @@ $(MEDIAPIPE_VENV)/.installed: constraints.txt
 	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet -c constraints.txt mediapipe
 	touch $@
 
-# Fashion-MNIST from Debian's package (offline); elsewhere see README "Data".
+# Fashion-MNIST from Debian's package (offline); elsewhere see docs/training.md, "Data".
 data:
 	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
 	  echo "Fashion-MNIST found in $(FASHION_MNIST_DIR)"; \
@@ -49,7 +49,7 @@ data:
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
 	  sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else \
-	  echo "Put the four Fashion-MNIST IDX .gz files in ~/.keras/datasets/fashion-mnist (see README)"; \
+	  echo "Put the four Fashion-MNIST IDX .gz files in ~/.keras/datasets/fashion-mnist (see docs/training.md)"; \
 	fi
 
 # The quickstart: MBAKT on Fashion-MNIST, a few minutes on 2 CPU cores.

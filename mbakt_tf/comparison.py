@@ -41,7 +41,7 @@ VARIANTS = ("plain", "byot", "one", "mbakt")
 # Published methods, pinned to their own design whatever the base config says.
 METHODS = {
     # BYOT (Zhang et al. 2019): exits on earlier stages, the deepest classifier teaches them
-    # through kd (the alpha every BYOT figure in the README ran with; MBAKT's default is 0).
+    # through kd (the alpha every BYOT figure in docs/results.md ran with; MBAKT's default is 0).
     "byot": dict(mode="byot", branch_design="exit", ensemble="mean", teacher="main", alpha=0.5),
     # ONE (Lan et al. 2018): peers on a shared trunk, gated ensemble teacher (uniform start), ce + kd only.
     "one": dict(

@@ -43,7 +43,7 @@ class MBAKTConfig:
     is the teacher and keeps its full cross-entropy; the sums of kd then run
     over the auxiliary branches only.
 
-    The defaults are the design measured best on Fashion-MNIST (README, "Does
+    The defaults are the design measured best on Fashion-MNIST (docs/results.md, "Does
     it work?", chosen on the validation split): two peers, a gated teacher
     whose gate starts on the main branch, hints, a label-conditioned
     discriminator on logits, and no KL term (`alpha=0`: with 1,000 training
@@ -110,7 +110,7 @@ class MBAKTConfig:
             cross-entropy's gradient shrinks as a network fits its data while
             the adversary's does not, so without a cap the adversary ends up
             steering the network, away from the labels (it erased every
-            object of a keras-cv segmenter, README "Segmentation"). `None`:
+            object of a keras-cv segmenter, docs/segmentation.md). `None`:
             no cap.
 
     Example:

@@ -1,7 +1,7 @@
 """Keras 3 main branch -> an equivalent tf_keras (Keras 2) model, through files.
 
 The bridge now lives in the tfmot wing, split by the process each part runs
-in (README, "Quantization-aware training and pruning"): `mbakt_tf.tfmot.describe`
+in (docs/optimize.md): `mbakt_tf.tfmot.describe`
 (Keras 3 side: `describe`, `write_bridge`), `mbakt_tf.tfmot.handoff` (the
 folder's format: `read_bridge`, `PARITY_ATOL`, the errors) and
 `mbakt_tf.tfmot.rebuild` (tf_keras side: `load_bridge`, `build_tf_keras`).
