@@ -125,14 +125,18 @@ def load_run_splits(model, model_path, dataset=None, data_dir=None, image_size=N
     validation images stay out of the training split. `loader_kwargs`
     (`batch_size`, `augment`, `train_limit`, `test_limit`, ...) go to
     `data.load_segmentation` for a segmenter and `data.load_classification`
-    otherwise.
+    otherwise. A segmenter trained on a folder reads its masks with the
+    model's `num_classes` and `ignore_label`.
 
     Raises:
-        ValueError: no dataset given and none recorded.
+        ValueError: no dataset given and none recorded; data whose classes
+            are not the model's (their number, or the class names the run
+            recorded).
     """
     from mbakt_tf import data
 
-    recorded = recorded_run(model_path).get("train_config", {})
+    run = recorded_run(model_path)
+    recorded = run.get("train_config", {})
     dataset = dataset or recorded.get("dataset")
     if dataset is None:
         raise ValueError(
@@ -146,8 +150,26 @@ def load_run_splits(model, model_path, dataset=None, data_dir=None, image_size=N
         "synthetic_kwargs": recorded.get("synthetic_kwargs") if dataset == "synthetic" else None,
         **loader_kwargs,
     }
+    if is_segmenter(model) and dataset == "folder":
+        settings.update(num_classes=model.num_classes, ignore_label=model.ignore_label)
     load = data.load_segmentation if is_segmenter(model) else data.load_classification
-    return load(dataset, **settings)
+    splits = load(dataset, **settings)
+    check_classes(model, model_path, splits.info, run.get("dataset", {}).get("class_names"))
+    return splits
+
+
+def check_classes(model, model_path, info, recorded_names=None):
+    """Raises `ValueError` when `info`'s classes are not `model`'s: their number, or the names the run recorded."""
+    if info.num_classes != model.num_classes:
+        raise ValueError(
+            f"{model_path} predicts {model.num_classes} classes but the data ({info.source or info.name}) has "
+            f"{info.num_classes}: {', '.join(map(str, info.class_names[:12]))}. Pass the data it was trained on."
+        )
+    if recorded_names and list(recorded_names) != list(info.class_names):
+        raise ValueError(
+            f"{model_path} was trained on the classes {recorded_names} (its {RESULTS_FILE}), but the data "
+            f"({info.source or info.name}) names them {info.class_names}: class i would get the wrong name."
+        )
 
 
 def provenance(model, model_path, splits, head="main"):

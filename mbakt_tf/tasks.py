@@ -35,6 +35,8 @@ class Task:
         metric: the per-head metric comparisons tabulate and plot.
         run_suffix: appended to the dataset in default comparison names.
         uses_ignore_label: its model takes the dataset's `ignore_label`.
+        loader_fields: `TrainConfig` fields its loader takes besides the
+            common ones (the mask settings of a folder of your own).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Task:
     metric: str
     run_suffix: str = ""
     uses_ignore_label: bool = False
+    loader_fields: tuple = ()
 
     def model_class(self):
         return _load(self.model)
@@ -70,7 +73,7 @@ TASKS = {
     "segmentation": Task(
         "segmentation", model="mbakt_tf.segmentation_model:MBAKTSegmenter",
         loader="mbakt_tf.data:load_segmentation", metric="miou", run_suffix="_segmentation",
-        uses_ignore_label=True,
+        uses_ignore_label=True, loader_fields=("num_classes", "ignore_label"),
     ),
 }
 TASK_NAMES = tuple(TASKS)

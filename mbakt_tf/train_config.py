@@ -5,6 +5,7 @@ answer `--help` before TensorFlow loads; `mbakt_tf.training` runs it.
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 from mbakt_tf.config import MBAKTConfig, config_field  # noqa: F401 - MBAKTConfig: the doctest
@@ -28,16 +29,29 @@ class TrainConfig:
     task: str = config_field(
         "classification",
         "classification: one label per image; segmentation: one label per pixel (encoder-decoder, "
-        "datasets fashion_mnist, synthetic, oxford_iiit_pet; metrics mIoU and pixel accuracy).",
+        "datasets fashion_mnist, synthetic, folder, oxford_iiit_pet; metrics mIoU and pixel accuracy).",
         TASKS,
     )
     dataset: str = config_field(
-        "fashion_mnist", "'fashion_mnist' (local IDX files), 'synthetic', or any TFDS image-classification name.")
+        "fashion_mnist",
+        "'fashion_mnist' (local IDX files), 'synthetic', 'folder' (your images in --data_dir: one sub-folder "
+        "per class, or images/ + masks/ for segmentation; see docs/own_data.md), or any TFDS "
+        "image-classification name.",
+    )
     data_dir: Optional[str] = config_field(
         None,
-        "Fashion-MNIST: folder with the four IDX .gz files (default: search "
-        "/usr/share/datasets/fashion-mnist, ~/.keras/datasets/fashion-mnist). TFDS: its data_dir.",
+        "folder: your data folder (PATH/<class>/*.jpg, or PATH/train/<class>/ and PATH/test/<class>/; "
+        "segmentation: PATH/images/ + PATH/masks/). Fashion-MNIST: folder with the four IDX .gz files "
+        "(default: search /usr/share/datasets/fashion-mnist, ~/.keras/datasets/fashion-mnist). TFDS: its data_dir.",
     )
+    num_classes: Optional[int] = config_field(
+        None,
+        "Segmentation from a folder: classes per pixel (default: the lines of DATA_DIR/labels.txt, else the "
+        "largest mask value + 1, the ignore label left out).",
+    )
+    ignore_label: Optional[int] = config_field(
+        None, "Segmentation from a folder: the mask value of pixels that count in no loss and no metric "
+              "(default 255).")
     image_size: Optional[int] = config_field(
         None, "Resize images to this square size (keeps native size if unset).")
     validation_fraction: float = config_field(0.1, "Fraction of the train split held out for validation.")
@@ -116,6 +130,13 @@ class TrainConfig:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}."
             )
+        for name in ("num_classes", "ignore_label"):
+            if getattr(self, name) is not None and (self.task, self.dataset) != ("segmentation", "folder"):
+                raise ValueError(f"{name} is for task='segmentation' with dataset='folder' (your masks).")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+        if self.ignore_label is not None and self.ignore_label < 0:
+            raise ValueError(f"ignore_label must be >= 0, got {self.ignore_label}.")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}.")
         if self.strategy not in STRATEGIES:
@@ -140,8 +161,20 @@ class TrainConfig:
         if self.tensorboard_steps and not self.tensorboard:
             raise ValueError("tensorboard_steps needs tensorboard=True (it logs every N steps to TensorBoard).")
 
+    def dataset_label(self):
+        """The dataset in default run names: its name, or the data folder's name for dataset='folder'.
+
+        Example:
+        >>> TrainConfig(dataset="folder", data_dir="/data/flowers/").dataset_label()
+        'flowers'
+        """
+        if self.dataset == "folder" and self.data_dir:
+            return os.path.basename(os.path.normpath(self.data_dir)) or self.dataset
+        return self.dataset
+
     def run_name_for(self, mbakt_config):
-        dataset = self.dataset if self.task == "classification" else f"{self.dataset}_{self.task}"
+        dataset = self.dataset_label()
+        dataset = dataset if self.task == "classification" else f"{dataset}_{self.task}"
         return self.run_name or f"{dataset}_{self.backbone}_{mbakt_config.mode}_seed{self.seed}"
 
     def to_dict(self):

@@ -120,7 +120,9 @@ def make_optimizers(train_config, steps_per_epoch):
 
 
 def load_data(train_config):
-    return tasks.get_task(train_config.task).load_data(
+    """The run's `DatasetSplits`; a `ValueError` or `FileNotFoundError` (naming the file) for bad data."""
+    task = tasks.get_task(train_config.task)
+    return task.load_data(
         train_config.dataset,
         data_dir=train_config.data_dir,
         batch_size=train_config.batch_size,
@@ -131,6 +133,7 @@ def load_data(train_config):
         train_limit=train_config.train_limit,
         test_limit=train_config.test_limit,
         synthetic_kwargs=train_config.synthetic_kwargs,
+        **{field: getattr(train_config, field) for field in task.loader_fields},
     )
 
 

@@ -364,7 +364,7 @@ def test_unknown_dataset_name():
         data.load_classification("no_such_dataset_xyz")
     message = str(error.value)
     assert "fashion_mnist" in message and "synthetic" in message and "TFDS" in message
-    assert data.available_datasets() == ["fashion_mnist", "synthetic"]
+    assert data.available_datasets() == ["fashion_mnist", "synthetic", "folder"]
 
 
 def test_build_augmentation_options():

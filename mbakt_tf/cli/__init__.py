@@ -47,6 +47,19 @@ def run_app(main):
     app.run(main)
 
 
+def print_class_counts(info):
+    """Prints where a dataset's images come from and its images per class and split, when the loader counted them.
+
+    Datasets read from a folder of your own images do (see `mbakt_tf.data.folder`):
+    the table shows, before training starts, what each class folder gave.
+    """
+    if not getattr(info, "class_counts", None):
+        return
+    print(f"Dataset {info.name}: {info.source}")
+    print(info.counts_table())
+    print(flush=True)
+
+
 def timed_progress():
     """A `progress(message)` callback that prints each message with the seconds since it was made.
 

@@ -11,6 +11,7 @@ from absl import app, flags
 
 from mbakt_tf.cli import backbone_names, run_app
 from mbakt_tf.cli.config_flags import define_config_flags
+from mbakt_tf.cli.quiet_start import start_tensorflow
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.train_config import TrainConfig
 
@@ -35,6 +36,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    start_tensorflow()
     from mbakt_tf import atomic, benchmark
 
     try:

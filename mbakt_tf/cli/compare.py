@@ -18,7 +18,8 @@ import time
 
 from absl import app, flags
 
-from mbakt_tf.cli import run_app
+from mbakt_tf.cli import print_class_counts, run_app
+from mbakt_tf.cli.quiet_start import start_tensorflow
 from mbakt_tf.cli import config_flags
 from mbakt_tf.cli import flags as cli_flags
 
@@ -62,6 +63,7 @@ def main(argv):
     if not seeds:
         raise app.UsageError("--seeds must name at least one seed.")
 
+    start_tensorflow()
     from mbakt_tf import comparison
 
     try:
@@ -78,19 +80,20 @@ def main(argv):
 
     task = tasks.get_task(train_config.task)
     metric = task.metric  # what the table and the plot show
-    dataset_name = f"{train_config.dataset}{task.run_suffix}"
+    dataset_name = f"{train_config.dataset_label()}{task.run_suffix}"
     comparison_name = FLAGS.run_name or f"compare_{dataset_name}_{train_config.backbone}"
     out_dir = os.path.join(FLAGS.output_dir, comparison_name)
     records_dir = os.path.join(FLAGS.results_dir, comparison_name) if FLAGS.results_dir else None
-    try:
-        training.check_writable(out_dir)
-    except training.NotWritableError as error:
-        raise app.UsageError(f"--output_dir/--run_name: {error}") from error
-    try:
+    try:  # the data first: bad input is refused before the comparison folder is made
         splits = training.load_data(train_config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print_class_counts(splits.info)
+    try:
+        training.check_writable(out_dir)
+    except training.NotWritableError as error:
+        raise app.UsageError(f"--output_dir/--run_name: {error}") from error
 
     def train_fn(config, mbakt_config):
         if config.seed == train_config.seed:

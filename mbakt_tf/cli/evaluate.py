@@ -3,6 +3,7 @@
 Usage:
   python scripts/evaluate.py --model=saved_models/quickstart/model.keras
 The dataset and image size default to those recorded in the run's results.json.
+Exit codes: 0 done, 1 bad flags or model, 2 data not found or bad (or not the model's classes).
 """
 
 import sys
@@ -10,6 +11,7 @@ import sys
 from absl import app, flags
 
 from mbakt_tf.cli import define_saved_run_flags, model_path_flag, run_app
+from mbakt_tf.cli.quiet_start import start_tensorflow
 
 FLAGS = flags.FLAGS
 define_saved_run_flags()
@@ -20,6 +22,7 @@ flags.DEFINE_integer("test_limit", None, "Evaluate only this many test examples.
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    start_tensorflow()
     from mbakt_tf import saved_runs, training
 
     model_path = model_path_flag(FLAGS.model)
@@ -34,8 +37,9 @@ def main(argv):
             image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, augment=False,
             test_limit=FLAGS.test_limit,
         )
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    except (ValueError, FileNotFoundError) as error:  # data not found, bad, or not the model's classes
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     results = model.evaluate(splits.test, return_dict=True, verbose=0)
     print(f"{model_path} on {splits.info.name} test ({splits.info.num_test} images):")
     print(training.format_branch_table(results, training.parameter_counts(model)))

@@ -18,8 +18,8 @@ from mbakt_tf.train_config import TrainConfig
 FLAGS = flags.FLAGS
 
 DATA_FLAGS = (
-    "task", "dataset", "data_dir", "image_size", "validation_fraction", "train_limit", "test_limit",
-    "augment", "batch_size",
+    "task", "dataset", "data_dir", "num_classes", "ignore_label", "image_size", "validation_fraction",
+    "train_limit", "test_limit", "augment", "batch_size",
 )
 TRAINING_FLAGS = (
     "epochs", "optimizer", "learning_rate", "momentum", "weight_decay", "schedule", "d_learning_rate",

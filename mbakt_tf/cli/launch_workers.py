@@ -29,6 +29,9 @@ def main(argv=None):
         parser.error("give the command to run after --")
     if command[0].endswith(".py"):
         command = [sys.executable] + command
+    from mbakt_tf.cli.quiet_start import start_tensorflow
+
+    start_tensorflow()
     from mbakt_tf import distribute  # after parsing: --help and usage errors come before TensorFlow
 
     codes = distribute.launch_local_workers(command, args.num_workers, host=args.host,

@@ -22,6 +22,7 @@ import sys
 from absl import flags
 
 from mbakt_tf.cli import define_saved_run_flags, run_app, run_checked_tool
+from mbakt_tf.cli.quiet_start import start_tensorflow
 
 FLAGS = flags.FLAGS
 define_saved_run_flags()
@@ -81,6 +82,7 @@ def optimize_config_from_flags():
 
 
 def main(argv):
+    start_tensorflow()
     from mbakt_tf import optimize, saved_runs, tf_keras_bridge
 
     return run_checked_tool(

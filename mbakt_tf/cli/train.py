@@ -6,13 +6,14 @@ Usage:
   python scripts/train.py --flagfile=flags/quickstart.cfg --strategy=mirrored --cpu_devices=2
   python scripts/train.py --flagfile=flags/quickstart.cfg --backup_dir=/tmp/qs_backup --backup_steps=100
   python scripts/train.py --flagfile=flags/quickstart.cfg --tensorboard_steps=50   # TensorBoard every 50 steps too
+  python scripts/train.py --dataset=folder --data_dir=PATH --image_size=64   # your images: PATH/<class>/*.jpg
   python scripts/launch_workers.py --num_workers=2 -- scripts/train.py --strategy=multi_worker ...
 
 Writes model.keras, main_branch.keras, results.json, curves.png and TensorBoard logs (logs/,
 unless --tensorboard=false) into output_dir/run_name.
 
-Exit codes: 0 done, 1 bad flags (usage error, also a run folder it cannot write), 2 data not found,
-3 non-finite loss.
+Exit codes: 0 done, 1 bad flags (usage error, also a run folder it cannot write), 2 data not found
+or bad (e.g. an unreadable image in --data_dir, named), 3 non-finite loss.
 """
 
 import os
@@ -20,7 +21,8 @@ import sys
 
 from absl import app, flags
 
-from mbakt_tf.cli import run_app
+from mbakt_tf.cli import print_class_counts, run_app
+from mbakt_tf.cli.quiet_start import start_tensorflow
 from mbakt_tf.cli import flags as cli_flags
 
 cli_flags.define_data_flags()
@@ -39,6 +41,7 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from error
 
+    start_tensorflow()  # without its C++ start-up lines (TF_CPP_MIN_LOG_LEVEL=0 shows them)
     from mbakt_tf import distribute, guards, training
 
     # The strategy first: logical CPU devices and MultiWorkerMirroredStrategy
@@ -57,6 +60,7 @@ def main(argv):
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print_class_counts(splits.info)
     try:
         result = training.train(train_config, mbakt_config, splits=splits, strategy=strategy)
     except guards.NonFiniteLossError as error:

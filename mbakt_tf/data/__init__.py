@@ -13,19 +13,28 @@ in [0, 255], labels int32 (B,))`, `info` a `DatasetInfo`:
   /usr/share/datasets/fashion-mnist (`apt-get install dataset-fashion-mnist`)
   or ~/.keras/datasets/fashion-mnist. Works offline.
 * "synthetic": generated, learnable, deterministic (see `synthetic`).
+* "folder": your own images, one sub-folder per class in `data_dir` (or
+  `data_dir/train/<class>/` and `data_dir/test/<class>/`); class names are the
+  folder names (see `folder`). Works offline.
 * any TensorFlow Datasets image-classification name ("cifar10", "mnist",
   "oxford_iiit_pet", ...), with `data_dir` as the TFDS data directory;
   "tfds:NAME" forces TFDS for a name that is also local ("tfds:fashion_mnist").
 
 Segmentation (`segmentation.py`), batches of `(images, masks int32 (B, H, W))`,
 `info` a `SegmentationInfo` (with `ignore_label`): "fashion_mnist" (item
-pixels get the item's class + 1), "synthetic" (shapes), "oxford_iiit_pet"
-(TFDS trimaps).
+pixels get the item's class + 1), "synthetic" (shapes), "folder" (your
+`images/` + `masks/`, see `folder_segmentation`), "oxford_iiit_pet" (TFDS
+trimaps).
+
+Bad input in a folder (an empty class folder, an unreadable image, a mask
+that does not fit its image, ...) raises `DataFolderError` naming the file or
+folder, before any pipeline is built.
 
 Modules: `types` (what the loaders return), `split_plan` (the plan both tasks
 share), `classification`, `segmentation`, the sources `fashion_mnist`, `idx`,
-`synthetic`, `tfds_source`, and `pipeline` / `augment` (tf.data and
-augmentation).
+`synthetic`, `tfds_source`, `folder` and `folder_segmentation` (with
+`folder_layout`: split folders and carves, `image_files`: finding, checking
+and decoding files), and `pipeline` / `augment` (tf.data and augmentation).
 
 Example:
 >>> from mbakt_tf import data
@@ -39,18 +48,21 @@ Example:
 """
 
 from mbakt_tf.data import (
-    augment, classification, fashion_mnist, idx, pipeline, segmentation, split_plan, synthetic, tfds_source,
-    types,
+    augment, classification, fashion_mnist, folder, folder_layout, folder_segmentation, idx, image_files,
+    pipeline, segmentation, split_plan, synthetic, tfds_source, types,
 )
 from mbakt_tf.data.augment import build_augmentation
 from mbakt_tf.data.classification import LOCAL_DATASETS, available_datasets, load_classification
 from mbakt_tf.data.idx import read_idx, write_idx
 from mbakt_tf.data.pipeline import make_dataset, validate_arrays
 from mbakt_tf.data.segmentation import available_segmentation_datasets, load_segmentation
-from mbakt_tf.data.types import DatasetInfo, DatasetNotFoundError, DatasetSplits, SegmentationInfo
+from mbakt_tf.data.types import (
+    DataFolderError, DatasetInfo, DatasetNotFoundError, DatasetSplits, SegmentationInfo,
+)
 
 __all__ = [
     "LOCAL_DATASETS",
+    "DataFolderError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "DatasetSplits",
@@ -61,7 +73,11 @@ __all__ = [
     "build_augmentation",
     "classification",
     "fashion_mnist",
+    "folder",
+    "folder_layout",
+    "folder_segmentation",
     "idx",
+    "image_files",
     "load_classification",
     "load_segmentation",
     "make_dataset",

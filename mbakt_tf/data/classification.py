@@ -1,4 +1,4 @@
-"""Image classification datasets as ready tf.data pipelines: Fashion-MNIST, synthetic, or TFDS.
+"""Image classification datasets as ready tf.data pipelines: Fashion-MNIST, synthetic, a folder, or TFDS.
 
 Every split yields `(images float32 (B, H, W, C) in [0, 255], labels int32 (B,))`.
 
@@ -12,12 +12,12 @@ Example:
 import inspect
 import os
 
-from mbakt_tf.data import fashion_mnist, split_plan, synthetic, tfds_source
+from mbakt_tf.data import fashion_mnist, folder, split_plan, synthetic, tfds_source
 from mbakt_tf.data.augment import build_augmentation
 from mbakt_tf.data.pipeline import make_dataset, validate_arrays
 from mbakt_tf.data.types import DatasetInfo
 
-LOCAL_DATASETS = ("fashion_mnist", "synthetic")
+LOCAL_DATASETS = ("fashion_mnist", "synthetic", "folder")
 
 # Horizontal flips change the class of digits and characters; natural images and clothes keep it.
 _NO_FLIP = {"synthetic", "mnist", "emnist", "kmnist", "svhn_cropped", "binary_alpha_digits",
@@ -32,7 +32,7 @@ def available_datasets():
 
     Example:
     >>> available_datasets()
-    ['fashion_mnist', 'synthetic']
+    ['fashion_mnist', 'synthetic', 'folder']
     """
     return list(LOCAL_DATASETS)
 
@@ -53,9 +53,11 @@ def load_classification(
     """Loads an image classification dataset as batched train/validation/test pipelines.
 
     Args:
-        name: "fashion_mnist", "synthetic", or a TFDS name (see `mbakt_tf.data`).
+        name: "fashion_mnist", "synthetic", "folder", or a TFDS name (see
+            `mbakt_tf.data`).
         data_dir: fashion_mnist: the directory holding its four IDX files
-            (None searches the default locations); TFDS: the TFDS data
+            (None searches the default locations); "folder": your images,
+            one sub-folder per class (see `folder`); TFDS: the TFDS data
             directory. Ignored by "synthetic".
         batch_size: global batch size of every split.
         validation_fraction: share of the train split held out as validation,
@@ -84,7 +86,8 @@ def load_classification(
         DatasetNotFoundError: the data is not on this machine and cannot be
             downloaded (the message lists where it looked and how to get it).
         ValueError: unknown name, bad arguments, corrupt files, or arrays
-            that do not form a classification dataset.
+            that do not form a classification dataset; for "folder", a
+            `DataFolderError` naming the file or folder (see `folder`).
 
     Example:
     >>> splits = load_classification("fashion_mnist", batch_size=128)  # doctest: +SKIP
@@ -99,6 +102,8 @@ def load_classification(
         train, test = fashion_mnist.load_fashion_mnist(data_dir)
         source = "IDX files in " + os.path.dirname(fashion_mnist.find_files(data_dir)["train_images"])
         return _from_arrays(name, train, test, fashion_mnist.CLASS_NAMES, source, **common)
+    if name == "folder":
+        return folder.load_folder_classification(data_dir, **common)
     if name == "synthetic":
         kwargs = {"seed": seed, **(synthetic_kwargs or {})}
         accepted = inspect.signature(synthetic.make_synthetic_splits).parameters

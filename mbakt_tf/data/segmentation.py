@@ -1,4 +1,4 @@
-"""Semantic segmentation datasets as ready tf.data pipelines: Fashion-MNIST, shapes, TFDS pets.
+"""Semantic segmentation datasets as ready tf.data pipelines: Fashion-MNIST, shapes, a folder, TFDS pets.
 
 `load_segmentation(name, ...)` mirrors `load_classification`: the same splits
 (seeded validation carve from train, limits, batch size, image size), the same
@@ -12,6 +12,9 @@ masks int32 (B, H, W))`; class 0 is the background everywhere. Names:
   the item and gets the item's class + 1; every other pixel is background
   (class 0)**. 11 classes; no ignored pixels. Works offline.
 * "synthetic": generated shapes (see `make_shapes`), deterministic, for tests.
+* "folder": your images and masks, `data_dir/images/` + `data_dir/masks/` (PNG
+  class indices), or `train/` and `test/` split folders of those (see
+  `folder_segmentation`); `num_classes` and `ignore_label` apply to it alone.
 * "oxford_iiit_pet": TFDS Oxford-IIIT Pet trimaps (needs internet or a
   prepared TFDS `data_dir`): class 0 background, 1 pet; the trimap's
   "border / not classified" pixels get `IGNORE_LABEL` (255). Images vary in
@@ -47,7 +50,7 @@ IGNORE_LABEL = 255
 FASHION_MNIST_THRESHOLD = 10
 SHAPES = ("square", "disc", "triangle", "ring", "cross")
 PETS_CLASS_NAMES = ["background", "pet"]
-SEGMENTATION_DATASETS = ("fashion_mnist", "synthetic", "oxford_iiit_pet")
+SEGMENTATION_DATASETS = ("fashion_mnist", "synthetic", "folder", "oxford_iiit_pet")
 
 
 def available_segmentation_datasets():
@@ -55,7 +58,7 @@ def available_segmentation_datasets():
 
     Example:
     >>> available_segmentation_datasets()
-    ['fashion_mnist', 'synthetic', 'oxford_iiit_pet']
+    ['fashion_mnist', 'synthetic', 'folder', 'oxford_iiit_pet']
     """
     return list(SEGMENTATION_DATASETS)
 
@@ -274,11 +277,15 @@ def load_segmentation(
     synthetic_kwargs=None,
     download=True,
     threshold=FASHION_MNIST_THRESHOLD,
+    num_classes=None,
+    ignore_label=None,
 ):
     """Loads a segmentation dataset as batched train/validation/test pipelines.
 
     Args:
-        name: "fashion_mnist", "synthetic" or "oxford_iiit_pet" (see module doc).
+        name: "fashion_mnist", "synthetic", "folder" or "oxford_iiit_pet"
+            (see module doc); "folder" reads `data_dir` (see
+            `folder_segmentation`).
         data_dir, batch_size, validation_fraction, image_size, seed,
         train_limit, test_limit, download: as for `load_classification`.
         augment: True: joint translation + horizontal flip; False: none; or a
@@ -288,17 +295,30 @@ def load_segmentation(
             `make_shapes_splits` (num_classes, image_shape, num_train,
             num_test, noise_std, ignore_border; seed defaults to `seed`).
         threshold: Fashion-MNIST item threshold (pixel value > threshold).
+        num_classes: "folder" only: classes per pixel (None: from
+            data_dir/labels.txt or the masks).
+        ignore_label: "folder" only: the mask value of ignored pixels
+            (None: `IGNORE_LABEL`, 255).
 
     Returns:
         `DatasetSplits` with a `SegmentationInfo`.
 
     Raises:
         DatasetNotFoundError: the data is not on this machine and cannot be downloaded.
-        ValueError: unknown name or bad arguments.
+        ValueError: unknown name or bad arguments; for "folder", a
+            `DataFolderError` naming the file or folder.
     """
     split_plan.check_arguments(name, train_limit, test_limit, synthetic_kwargs)
     common = dict(batch_size=batch_size, validation_fraction=validation_fraction, image_size=image_size,
                   augment=augment, seed=seed, train_limit=train_limit, test_limit=test_limit)
+    if name == "folder":
+        from mbakt_tf.data import folder_segmentation
+
+        return folder_segmentation.load_folder_segmentation(
+            data_dir, num_classes=num_classes, ignore_label=ignore_label, **common)
+    for arg, value in (("num_classes", num_classes), ("ignore_label", ignore_label)):
+        if value is not None:
+            raise ValueError(f"{arg} is for name='folder' (masks of your own), not {name!r}.")
     if name == "fashion_mnist":
         from mbakt_tf.data import fashion_mnist
 
