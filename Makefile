@@ -52,12 +52,13 @@ data:
 	  echo "Put the four Fashion-MNIST IDX .gz files in ~/.keras/datasets/fashion-mnist (see docs/training.md)"; \
 	fi
 
-# The quickstart: MBAKT on Fashion-MNIST, a few minutes on 2 CPU cores.
-train: setup data
+# The quickstart: MBAKT on Fashion-MNIST, a few minutes on 2 CPU cores. setup-mediapipe too, so that
+# scripts/export.py after it writes the TFLite Metadata that MediaPipe Tasks need to load a file.
+train: setup setup-mediapipe data
 	$(PY) scripts/train.py --flagfile=flags/quickstart.cfg
 
 # The full Fashion-MNIST schedule.
-train-full: setup data
+train-full: setup setup-mediapipe data
 	$(PY) scripts/train.py --flagfile=flags/fashion_mnist.cfg
 
 test: setup setup-optimize setup-mediapipe
