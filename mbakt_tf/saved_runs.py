@@ -126,7 +126,9 @@ def load_run_splits(model, model_path, dataset=None, data_dir=None, image_size=N
     (`batch_size`, `augment`, `train_limit`, `test_limit`, ...) go to
     `data.load_segmentation` for a segmenter and `data.load_classification`
     otherwise. A segmenter trained on a folder reads its masks with the
-    model's `num_classes` and `ignore_label`.
+    model's `num_classes` and `ignore_label`. `batch_size` is capped at the
+    run's recorded number of training images, so that the training split
+    (which drops its last partial batch) of a small dataset still yields one.
 
     Raises:
         ValueError: no dataset given and none recorded; data whose classes
@@ -150,6 +152,9 @@ def load_run_splits(model, model_path, dataset=None, data_dir=None, image_size=N
         "synthetic_kwargs": recorded.get("synthetic_kwargs") if dataset == "synthetic" else None,
         **loader_kwargs,
     }
+    num_train = run.get("dataset", {}).get("num_train")
+    if num_train and settings.get("batch_size") and dataset == recorded.get("dataset"):
+        settings["batch_size"] = max(1, min(settings["batch_size"], int(num_train)))
     if is_segmenter(model) and dataset == "folder":
         settings.update(num_classes=model.num_classes, ignore_label=model.ignore_label)
     load = data.load_segmentation if is_segmenter(model) else data.load_classification

@@ -374,10 +374,12 @@ def test_saved_runs_refuse_data_with_other_classes(split_folder, tmp_path):
     (run_dir / "model.keras").write_text("stand-in: load_run_splits reads only results.json")
     config = {"dataset": "folder", "data_dir": str(split_folder)}
     (run_dir / "results.json").write_text(json.dumps(
-        {"train_config": config, "dataset": {"class_names": list(CLASSES)}}))
+        {"train_config": config, "dataset": {"class_names": list(CLASSES), "num_train": 16}}))
     model = tiny_model(input_shape=(16, 16, 3), num_classes=3, mode="plain")
-    splits = saved_runs.load_run_splits(model, str(run_dir / "model.keras"), batch_size=4)
+    # evaluate.py and export.py ask for batches of 256: capped at the run's 16 training images.
+    splits = saved_runs.load_run_splits(model, str(run_dir / "model.keras"), batch_size=256, augment=False)
     assert splits.info.class_names == list(CLASSES)
+    assert [len(x) for x, _ in splits.train] == [16]
     with pytest.raises(ValueError, match="predicts 4 classes but the data .* has 3: cat, dog, eel"):
         saved_runs.load_run_splits(tiny_model(input_shape=(16, 16, 3)), str(run_dir / "model.keras"), batch_size=4)
     (run_dir / "results.json").write_text(json.dumps(

@@ -66,7 +66,8 @@ class DatasetInfo:
         from mbakt_tf.reporting import text_table
 
         splits = [split for split, counts in self.class_counts.items() if counts]
-        rows = [("class",) + tuple(splits)]
+        header = "class (images showing it)" if isinstance(self, SegmentationInfo) else "class"
+        rows = [(header,) + tuple(splits)]
         rows += [(name,) + tuple(str(self.class_counts[split].get(name, 0)) for split in splits)
                  for name in self.class_names]
         totals = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
