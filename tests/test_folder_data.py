@@ -252,6 +252,13 @@ def test_a_class_of_one_image_cannot_give_a_carved_test_split(tmp_path):
         data.load_classification("folder", data_dir=str(tmp_path / "d"), batch_size=2)
 
 
+def test_a_home_relative_folder_is_found(split_folder, monkeypatch):
+    """`--data_dir=~/pets` reaches the loader unexpanded: the shell expands no `~` after `=`."""
+    monkeypatch.setenv("HOME", str(split_folder.parent))
+    splits = data.load_classification("folder", data_dir="~/pets", batch_size=4)
+    assert splits.info.name == "pets" and str(split_folder) in splits.info.source
+
+
 def test_a_missing_folder_is_not_found(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="No folder .*nowhere"):
         data.load_classification("folder", data_dir=str(tmp_path / "nowhere"))

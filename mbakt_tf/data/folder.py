@@ -128,6 +128,7 @@ def load_folder_classification(data_dir, batch_size=128, validation_fraction=0.1
         DatasetNotFoundError: `data_dir` is not a folder.
         DataFolderError: bad input, named (see the module doc).
     """
+    data_dir = folder_layout.data_folder(data_dir)
     folders = folder_layout.split_folders(data_dir)
     paths, labels, class_names, ignored = read_class_folders(folders["train"])
     ranges = {"train": np.arange(len(paths))}
@@ -152,7 +153,7 @@ def load_folder_classification(data_dir, batch_size=128, validation_fraction=0.1
     parts = {"train": plan.train, "validation": plan.validation, "test": plan.test}
     counts = {split: {name: int(np.sum(labels[idx] == k)) for k, name in enumerate(class_names)}
               for split, idx in parts.items() if idx is not None}
-    if folders["train"] == os.fspath(data_dir):
+    if folders["train"] == data_dir:
         layout = "one folder per class"
     else:
         layout = ", ".join(f"{split}/" for split in folder_layout.SPLIT_FOLDERS if split in ranges)

@@ -35,6 +35,17 @@ TEST_FRACTION = 0.2
 FILE_ORDER_SEED = 0
 
 
+def data_folder(data_dir):
+    """`data_dir` as a path, `~` expanded (a shell leaves `--data_dir=~/x` as it is).
+
+    Raises:
+        ValueError: `data_dir` is None.
+    """
+    if data_dir is None:
+        raise ValueError("dataset='folder' needs data_dir, the folder of your images (--data_dir=PATH).")
+    return os.path.expanduser(os.fspath(data_dir))
+
+
 def split_folders(data_dir):
     """`{"train": folder, "validation": folder or None, "test": folder or None}` of a data folder.
 
@@ -43,9 +54,7 @@ def split_folders(data_dir):
         DatasetNotFoundError: `data_dir` is not a folder.
         DataFolderError: split folders without `train/`, or another folder beside them.
     """
-    if data_dir is None:
-        raise ValueError("dataset='folder' needs data_dir, the folder of your images (--data_dir=PATH).")
-    data_dir = os.fspath(data_dir)
+    data_dir = data_folder(data_dir)
     if not os.path.isdir(data_dir):
         raise DatasetNotFoundError(
             f"No folder {data_dir!r} (data_dir of dataset='folder'): pass the folder that holds one "

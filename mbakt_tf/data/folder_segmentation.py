@@ -241,6 +241,7 @@ def load_folder_segmentation(data_dir, batch_size=128, validation_fraction=0.1, 
         DataFolderError: bad input, named (see the module doc).
     """
     ignore_label = IGNORE_LABEL if ignore_label is None else int(ignore_label)
+    data_dir = folder_layout.data_folder(data_dir)
     folders = folder_layout.split_folders(data_dir)
     image_paths, mask_paths, ignored = read_pairs(folders["train"])
     ranges = {"train": np.arange(len(image_paths))}
@@ -261,7 +262,7 @@ def load_folder_segmentation(data_dir, batch_size=128, validation_fraction=0.1, 
                 f"{shape[0]}x{shape[1]} (height x width); a mask labels every pixel of its image."
             )
     histograms = np.stack([histogram for _, histogram in measured])
-    num_classes, class_names = resolve_classes(os.fspath(data_dir), mask_paths, histograms, num_classes,
+    num_classes, class_names = resolve_classes(data_dir, mask_paths, histograms, num_classes,
                                                ignore_label)
     channels = image_files.dataset_channels(shapes)
     size = image_files.check_sizes(image_paths, shapes, image_size_pair(image_size))
@@ -279,7 +280,7 @@ def load_folder_segmentation(data_dir, batch_size=128, validation_fraction=0.1, 
     shows = histograms[:, :num_classes] > 0
     counts = {split: {name: int(np.sum(shows[idx, k])) for k, name in enumerate(class_names)}
               for split, idx in parts.items() if idx is not None}
-    layout = ("images/ + masks/" if folders["train"] == os.fspath(data_dir) else
+    layout = ("images/ + masks/" if folders["train"] == data_dir else
               ", ".join(f"{split}/" for split in folder_layout.SPLIT_FOLDERS if split in ranges))
     if "test" not in ranges:
         layout += f"; test split: {test_fraction:.0%} carved"
