@@ -14,8 +14,9 @@ sorted list.
 
 Example:
 >>> import numpy as np
->>> train, test = carve_test(np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1]), describe=str)
->>> len(train), len(test), sorted(np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])[test])
+>>> classes = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+>>> train, test = carve_test(classes, describe=str)
+>>> len(train), len(test), classes[test].tolist()
 (8, 2, [0, 1])
 >>> plan = plan_indices(train, None, test, validation_fraction=0.25, seed=0, train_limit=None, test_limit=None)
 >>> plan.counts
