@@ -87,8 +87,18 @@ def fastest_epoch_seconds(record):
 
 
 def code_commit(directory=None):
-    """The git commit the code runs at ("<sha>" or "<sha>-dirty"), or None outside a checkout."""
-    directory = directory or os.path.dirname(os.path.abspath(__file__))
+    """The git commit the running code was loaded from ("<sha>" or "<sha>-dirty"), or None outside a checkout.
+
+    Without `directory`, the commit read when this module was imported: a
+    long comparison keeps running the code it started with, whatever lands
+    in the checkout meanwhile.
+    """
+    if directory is None:
+        return LOADED_FROM_COMMIT
+    return _read_commit(directory)
+
+
+def _read_commit(directory):
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10,
@@ -102,3 +112,6 @@ def code_commit(directory=None):
     except (OSError, subprocess.SubprocessError):
         return None
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+LOADED_FROM_COMMIT = _read_commit(os.path.dirname(os.path.abspath(__file__)))
