@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OPTIMIZE_VENV ?= .venv-optimize
 # MediaPipe (TFLite Metadata writers, the Tasks API Android apps call) in a virtualenv of its own:
 # 0.10.21 is the last release whose wheel ships the metadata writers' native part (later ones,
-# 1.x included, cannot import them), and it pins numpy<2, protobuf<5. mbakt_tf.mediapipe_tasks
+# 1.x included, cannot import them), and it pins numpy<2, protobuf<5. mbakt_tf.export.mediapipe_tasks
 # runs it as a separate process.
 MEDIAPIPE_VENV ?= .venv-mediapipe
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist

@@ -60,8 +60,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mbakt_tf import atomic, saved_runs, serving, tflite
+from mbakt_tf import atomic, saved_runs
 from mbakt_tf.checks import Checks
+from mbakt_tf.export import serving, tflite
+from mbakt_tf.export.tflite import gzip_size
 from mbakt_tf.reporting import format_size, text_table
 from mbakt_tf.tfmot import describe, handoff
 from mbakt_tf.tfmot.handoff import WORKER_RESULT, make_job, write_epoch_file  # noqa: F401
@@ -74,7 +76,6 @@ from mbakt_tf.tfmot.launch import (  # noqa: F401 - the documented names of this
     tfmot_python,
 )
 from mbakt_tf.tfmot.teacher import resolve_teacher, teacher_function, write_training_epochs  # noqa: F401
-from mbakt_tf.tflite import gzip_size
 
 METHODS = ("qat", "qat_kd", "prune")
 TEACHERS = ("auto", "ensemble", "main", "none")

@@ -134,7 +134,8 @@ def test_every_config_field_has_a_flag_with_its_default(cli_module, config_class
 
 def test_checked_choices_are_the_modules_own():
     """The choices the test above expects for export and optimize are those the configs validate."""
-    from mbakt_tf import export, optimize, tflite
+    from mbakt_tf import export, optimize
+    from mbakt_tf.export import tflite
 
     assert optimize.TEACHERS == ("auto", "ensemble", "main", "none")
     assert optimize.OPTIMIZERS == ("sgd", "adam")
@@ -204,7 +205,8 @@ def test_package_names_load_on_first_use():
 
     assert mbakt_tf.MBAKT is model.MBAKT and mbakt_tf.MBAKTSegmenter is segmentation_model.MBAKTSegmenter
     assert mbakt_tf.export.__name__ == "mbakt_tf.export" and mbakt_tf.data.__name__ == "mbakt_tf.data"
-    assert {"MBAKT", "MBAKTConfig", "serving", "tflite", "optimize"} <= set(mbakt_tf.__all__) <= set(dir(mbakt_tf))
+    assert {"MBAKT", "MBAKTConfig", "data", "export", "optimize"} <= set(mbakt_tf.__all__) <= set(dir(mbakt_tf))
+    assert {"ExportConfig", "serving", "tflite"} <= set(mbakt_tf.export.__all__) <= set(dir(mbakt_tf.export))
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         mbakt_tf.no_such_name
 

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from mbakt_tf import export, saved_runs, serving, training
+from mbakt_tf import export, saved_runs, training
+from mbakt_tf.export import serving
 from mbakt_tf.config import MBAKTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

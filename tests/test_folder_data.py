@@ -465,7 +465,7 @@ def test_scripts_train_evaluate_and_export_a_folder_with_mediapipe_metadata(spli
 
 
 def _mediapipe_available():
-    from mbakt_tf import mediapipe_tasks
+    from mbakt_tf.export import mediapipe_tasks
 
     try:
         mediapipe_tasks.mediapipe_python()

@@ -1,7 +1,9 @@
-"""The package's shape: no import cycle, tasks are siblings, no library file over 600 lines."""
+"""The package's shape: no import cycle, tasks are siblings, the deploy wing, no library file over 600 lines."""
 
 import ast
 import os
+import subprocess
+import sys
 
 import mbakt_tf
 from mbakt_tf import tasks
@@ -104,6 +106,44 @@ def test_segmenter_built_through_the_classifier_is_named_as_a_segmenter():
         "small_resnet8", 4, (16, 16, 1), task="segmentation", config=mbakt_tf.MBAKTConfig(mode="plain"))
     assert type(model).__name__ == "MBAKTSegmenter" and model.name == "mbakt_segmenter"
     assert not isinstance(model, mbakt_tf.MBAKT)
+
+
+# The public names of `mbakt_tf.export` when it was one module (`mbakt_tf/export.py`).
+EXPORT_NAMES = (
+    "ExportCheckError", "ExportConfig", "ExportResult", "INPUT_NAME", "INT8_IO_TYPES", "LABELS", "LiteRTModel",
+    "MANIFEST", "MANIFEST_VERSION", "ModelFileNotFoundError", "NotMBAKTModelError", "PARITY_TOLERANCES",
+    "SAVED_MODEL_DIR", "SEGMENTATION_TEST_LIMIT", "SIGNATURE_KEY", "TFLITE_FORMATS", "TFLITE_METADATA_MODES",
+    "check_images", "convert_tflite", "default_output_dir", "deployable_model", "expected_weight_ops",
+    "export_from_file", "export_model", "foreign_names", "format_report", "load_mbakt_model", "mediapipe_tasks",
+    "non_builtin_ops", "parity", "probe_saved_model", "resolve_branch", "resolve_model_path", "rgb_input",
+    "structure_checks", "tflite_structure", "write_saved_model", "write_tflite",
+)
+
+
+def test_the_deploy_wing_is_a_package_with_the_names_of_the_old_module():
+    from mbakt_tf import export
+
+    assert not [f for f in os.listdir(PACKAGE) if f.startswith("export") and f.endswith(".py")]
+    assert {"exporter", "config", "serving", "tflite", "rgb_input", "mediapipe_steps", "mediapipe_tasks",
+            "report"} <= set(export.__all__)
+    assert [name for name in EXPORT_NAMES if not hasattr(export, name)] == []
+    assert export.export_model is export.exporter.export_model and export.ExportConfig is export.config.ExportConfig
+    # Saved .keras files name the in-graph RGB layer by its registered name, which the move kept.
+    assert export.rgb_input.RGBToModelChannels.__module__ == "mbakt_tf.export.rgb_input"
+    import keras
+
+    assert keras.saving.get_registered_name(export.rgb_input.RGBToModelChannels) == "mbakt_tf>RGBToModelChannels"
+
+
+def test_the_deploy_wing_loads_a_module_only_when_asked():
+    """The tfmot process takes `serving` and `tflite` from the wing, the export flags take `ExportConfig`:
+    none of them loads Keras or TensorFlow."""
+    code = ("import sys; import mbakt_tf.export.serving, mbakt_tf.export.tflite; "
+            "from mbakt_tf.export import ExportConfig, mediapipe_tasks; "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'mbakt_tf.export.exporter') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(PACKAGE))
+    assert result.stdout.strip().splitlines()[-1:] == ["[]"], result.stderr[-2000:]
 
 
 def test_no_library_file_is_over_600_lines():

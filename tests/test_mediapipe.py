@@ -17,7 +17,8 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from helpers import tiny_batch, tiny_model, tiny_segmenter
-from mbakt_tf import export, mediapipe_tasks, rgb_input
+from mbakt_tf import export
+from mbakt_tf.export import mediapipe_tasks, rgb_input
 
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress"]  # names with a slash and a space
 
@@ -175,7 +176,7 @@ np.savez(sys.argv[2], masks=np.stack(masks).reshape(inputs["images"].shape[:3]))
 def test_image_segmenter_per_pixel_classes_match_litert(mediapipe_python, tmp_path):
     """A tiny segmenter's RGB float32 file through `mediapipe_tasks` (the exporter's path, without
     the rest of the export), then MediaPipe's ImageSegmenter read independently."""
-    from mbakt_tf import serving, tflite
+    from mbakt_tf.export import serving, tflite
 
     keras_model = rgb_input.with_rgb_input(tiny_segmenter().main_model(name="main_branch"))
     serving.write_saved_model(keras_model, str(tmp_path / "saved_model"))
@@ -211,7 +212,7 @@ def test_segmenter_export_records_per_pixel_agreement(mediapipe_python, tmp_path
 
 def test_mediapipe_refusal_is_reported_with_its_reason(classifier_export, mediapipe_python, tmp_path):
     """An int8-input file (Tasks take uint8 or float32): metadata still written, MediaPipe's error kept."""
-    from mbakt_tf import tflite
+    from mbakt_tf.export import tflite
 
     saved_model = classifier_export.files["saved_model"]
     path = tmp_path / "model_int8.tflite"

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import mbakt_tf
-from mbakt_tf import optimize, saved_runs, tflite
+from mbakt_tf import optimize, saved_runs
+from mbakt_tf.export import tflite
 from mbakt_tf.tfmot import describe, handoff, launch
 from mbakt_tf import data as data_lib
 from tests.helpers import tiny_segmenter

@@ -3,7 +3,7 @@
 Started by `launch.run_worker` with the Python of `launch.tfmot_python()`
 (`.venv-optimize`), as `python -m mbakt_tf.tfmot.worker <job.json>`. It
 imports tensorflow-model-optimization (which switches TensorFlow to tf_keras)
-and never Keras 3 code: only `handoff`, `rebuild`, `serving`, `tflite` and
+and never Keras 3 code: only `handoff`, `rebuild`, `export.serving`, `export.tflite` and
 `atomic` of this package. It rebuilds the main branch in tf_keras (checking
 parity with the Keras 3 model), then for each run of the job fine-tunes a copy
 with cross-entropy on the labels plus, with KD, `alpha * T^2 *
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from mbakt_tf import serving, tflite
+from mbakt_tf.export import serving, tflite
 from mbakt_tf.tfmot import handoff, rebuild
 
 def _tfmot():

@@ -15,7 +15,7 @@ import re
 from typing import Optional, Tuple
 
 from mbakt_tf.config import dataclass_from_dict
-from mbakt_tf.tflite import INT8_IO_TYPES, TFLITE_FORMATS
+from mbakt_tf.export.tflite import INT8_IO_TYPES, TFLITE_FORMATS
 
 # Segmentation outputs are maps (H x W x classes per image): parity runs on at
 # most this many test images unless ExportConfig.test_limit says otherwise.

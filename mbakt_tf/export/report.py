@@ -8,7 +8,7 @@ print(format_report(result.manifest))   # sizes, parity, accuracy, latency, Medi
 """
 
 from mbakt_tf.checks import Checks
-from mbakt_tf.export_mediapipe import mediapipe_lines
+from mbakt_tf.export.mediapipe_steps import mediapipe_lines
 from mbakt_tf.reporting import format_size, text_table
 
 

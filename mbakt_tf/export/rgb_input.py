@@ -12,7 +12,7 @@ the RGB images the converted model takes.
 
 Example:
 ```python
-from mbakt_tf import rgb_input
+from mbakt_tf.export import rgb_input
 rgb_model = rgb_input.with_rgb_input(keras_model)   # (None, 28, 28, 1) -> (None, 28, 28, 3)
 rgb_model(rgb_input.to_rgb(x_test[:8]))             # equals keras_model(x_test[:8])
 ```

@@ -32,7 +32,7 @@ The Keras 3 process then compares MediaPipe with LiteRT on the same images
 
 Example:
 ```python
-from mbakt_tf import mediapipe_tasks
+from mbakt_tf.export import mediapipe_tasks
 result = mediapipe_tasks.embed_and_run(
     [{"key": "float32", "path": "out/model_float32.tflite", "task": "classifier",
       "labels": class_names, "model_name": "main_branch"}],
@@ -70,7 +70,8 @@ class MediaPipeUnavailableError(RuntimeError):
 
 
 def _package_parent():
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The folder holding the `mbakt_tf` package (this file is `mbakt_tf/export/mediapipe_tasks.py`)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _has_mediapipe(python):

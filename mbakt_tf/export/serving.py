@@ -8,7 +8,7 @@ converts from this SavedModel, so the TFLite files share the contract.
 
 Example:
 ```python
-from mbakt_tf import serving
+from mbakt_tf.export import serving
 serving.write_saved_model(model.main_model(), "/tmp/main_saved_model")
 outputs, facts = serving.probe_saved_model("/tmp/main_saved_model", x_test[:100])
 outputs["probabilities"].shape, facts["parameter_count"], facts["mbakt_tf_imported"]   # ..., False

@@ -63,35 +63,21 @@ import time
 
 import numpy as np
 
-from mbakt_tf import atomic, mediapipe_tasks, rgb_input, saved_runs  # noqa: F401 - export.mediapipe_tasks: its error
+from mbakt_tf import atomic, saved_runs
 from mbakt_tf.checks import Checks
-from mbakt_tf.export_config import (  # noqa: F401 - ExportConfig and its tolerances come with `export`
-    PARITY_TOLERANCES,
-    SEGMENTATION_TEST_LIMIT,
-    TFLITE_METADATA_MODES,
-    ExportConfig,
-)
-from mbakt_tf.export_mediapipe import MediaPipeSteps
-from mbakt_tf.export_report import format_report  # noqa: F401 - export.format_report
-# Re-exported: the errors callers catch and the names they pass come with `export`.
-from mbakt_tf.saved_runs import (  # noqa: F401
-    ModelFileNotFoundError,
-    NotMBAKTModelError,
-    load_mbakt_model,
-    resolve_model_path,
-)
-from mbakt_tf.serving import INPUT_NAME, SIGNATURE_KEY, check_images, probe_saved_model, write_saved_model
-from mbakt_tf.tflite import (  # noqa: F401
-    INT8_IO_TYPES,
-    TFLITE_FORMATS,
+from mbakt_tf.export import rgb_input
+from mbakt_tf.export.config import PARITY_TOLERANCES, SEGMENTATION_TEST_LIMIT, ExportConfig
+from mbakt_tf.export.mediapipe_steps import MediaPipeSteps
+from mbakt_tf.export.serving import INPUT_NAME, SIGNATURE_KEY, check_images, probe_saved_model, write_saved_model
+from mbakt_tf.export.tflite import (
     LiteRTModel,
     convert_tflite,
     expected_weight_ops,
-    non_builtin_ops,
     structure_checks,
     tflite_structure,
     write_tflite,
 )
+from mbakt_tf.saved_runs import load_mbakt_model, resolve_model_path
 
 SAVED_MODEL_DIR = "saved_model"
 MANIFEST = "manifest.json"

@@ -7,11 +7,11 @@ calibrated on training images). Builtin ops only: stock Android LiteRT builds
 have no Flex ops. `LiteRTModel` runs a file in the `ai_edge_litert`
 interpreter (float in, dequantized float out) and times it;
 `tflite_structure` lists its ops, tensor dtypes and signature, and
-`structure_checks` judges them (the checks `export.py` and `optimize.py` record).
+`structure_checks` judges them (the checks `exporter.py` and `optimize.py` record).
 
 Example:
 ```python
-from mbakt_tf import serving, tflite
+from mbakt_tf.export import serving, tflite
 serving.write_saved_model(model.main_model(), "/tmp/sm")
 tflite.write_tflite("/tmp/model_int8.tflite",
                    tflite.convert_tflite("/tmp/sm", "int8", representative_images=x_train[:300]))
@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from mbakt_tf import atomic
-from mbakt_tf.serving import INPUT_NAME, SIGNATURE_KEY
+from mbakt_tf.export.serving import INPUT_NAME, SIGNATURE_KEY
 
 TFLITE_FORMATS = ("float32", "float16", "dynamic_range", "int8")
 INT8_IO_TYPES = ("int8", "uint8")

@@ -1,6 +1,6 @@
 """The MediaPipe Tasks part of an export: TFLite Metadata in every file, checked through the Tasks API.
 
-`export._Export` inherits these steps. MediaPipe runs in its own virtualenv
+`exporter._Export` inherits these steps. MediaPipe runs in its own virtualenv
 (`mediapipe_tasks.py`): one process writes the metadata (labels, input
 normalisation mean 0 std 1, image type) into every TFLite file and runs each
 through `ImageClassifier` / `ImageSegmenter` on the test images; here its
@@ -16,11 +16,11 @@ print("\n".join(mediapipe_lines(manifest["mediapipe"])))
 
 import numpy as np
 
-from mbakt_tf import mediapipe_tasks, rgb_input
+from mbakt_tf.export import mediapipe_tasks, rgb_input
 
 
 class MediaPipeSteps:
-    """Export steps for TFLite Metadata and MediaPipe Tasks (mixed into `export._Export`)."""
+    """Export steps for TFLite Metadata and MediaPipe Tasks (mixed into `exporter._Export`)."""
 
     def find_mediapipe(self):
         """The MediaPipe Python, before any work; `None` (and the reason kept) when there is none."""
