@@ -130,3 +130,20 @@ def test_readme_and_docs_tables_match_the_kept_records():
     for page in pages:
         stale = results_report.check_file(page, results_dir)
         assert stale == [], f"{page}: {stale} differ from results/: run `python scripts/report.py`"
+
+
+def test_epoch_timer_splits_training_from_validation_in_a_real_fit():
+    import keras
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = run_timing.EpochTimer(steps_per_epoch=4)
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y), callbacks=[timer], verbose=0)
+    summary = timer.summary()
+    assert len(summary["epoch_seconds"]) == len(summary["train_epoch_seconds"]) == 3
+    assert len(summary["epoch_cpu_seconds"]) == 3 and min(summary["epoch_cpu_seconds"]) > 0
+    assert all(t <= e for t, e in zip(summary["train_epoch_seconds"], summary["epoch_seconds"]))
+    assert summary["step_seconds"] > 0
