@@ -17,10 +17,17 @@ clearly below its best epoch while the adversarial gradient has grown, the
 adversary is steering the network away from its labels (the discriminator's
 accuracy can look healthy meanwhile): it warns, naming the pattern, or stops.
 
+`InferenceModeGapGuard` checks that the network the user gets is the one
+the training log describes: at each epoch end it scores the main head on a
+fixed batch of training images in inference mode (batch norms on their
+moving statistics, as exported) and in training mode (batch statistics),
+without changing any state, records both and their gap in the logs, and
+warns, naming the pattern and its likely causes, when they part.
+
 Example:
 ```python
 callbacks = [guards.NonFiniteLossGuard(), guards.DiscriminatorCollapseMonitor(patience=200),
-             guards.AdversarialTakeoverGuard(stop=True)]
+             guards.AdversarialTakeoverGuard(stop=True), guards.InferenceModeGapGuard(train_ds)]
 model.fit(train_ds, epochs=3, callbacks=callbacks)
 ```
 """
@@ -30,6 +37,8 @@ import math
 
 import keras
 import numpy as np
+
+from mbakt_tf import branches, segmentation
 
 logger = logging.getLogger("mbakt_tf.guards")
 
@@ -294,3 +303,162 @@ class AdversarialTakeoverGuard(keras.callbacks.Callback):
         )
         if self.stop:
             self.model.stop_training = True
+
+
+class InferenceModeGapGuard(keras.callbacks.Callback):
+    """Warns when the main head scores differently in inference mode than in training mode.
+
+    At each epoch end it runs the main head on a fixed batch of training
+    images twice: in inference mode (every batch norm on its moving
+    statistics: the model `evaluate`, `predict` and every export use) and in
+    training mode (batch statistics, as `fit` logs it). Both run through
+    `stateless_call` on the current variables and the updated moving
+    statistics it returns are dropped, so the check changes no weight, no
+    statistic and no random state of the run. It adds to the epoch's logs
+    (so to the history and TensorBoard, when it runs before them):
+
+    * `training_mode_metric`, `inference_mode_metric`: the main head's
+      accuracy (mIoU for segmentation) on those images in each mode;
+    * `inference_mode_gap`: the first minus the second.
+
+    When `|inference_mode_gap|` exceeds `threshold` at epoch `start_epoch` or
+    later, it logs a warning that names the pattern and its likely causes
+    (one per episode; `events` keeps the numbers). The fixed images are taken
+    from `data` when training begins, before `fit` iterates its data: every
+    iterator over a seeded, reshuffling tf.data pipeline draws the next shuffle
+    seed, so one made between epochs would shift the order of the epochs
+    after it. Made first, it shifts the run's order once, the same way in
+    every run of the same configuration, a resumed one included (its stream
+    starts after the same draws).
+
+    Args:
+        data: training batches `(images, labels)`: a `tf.data.Dataset` or any
+            iterable of batches, or one `(images, labels)` pair of arrays.
+        threshold: the largest gap (absolute, in accuracy or mIoU) that is
+            not a warning. 0.10 (docs/no_harm.md): on healthy runs the gap
+            measured at most ~0.03 after the first epoch, on the broken case of
+            issue 21 0.36; 64 images put a sampling noise of ~0.06 on an
+            accuracy gap, well under 0.10.
+        min_examples: batches are taken until they hold this many images;
+            each is run separately in training mode (its own batch statistics,
+            as in training).
+        start_epoch: the first epoch (1-based) that can warn. Moving
+            statistics start from 0 and 1 and need some steps to describe the
+            network: a gap after the first epoch is expected.
+
+    Example:
+    ```python
+    guard = InferenceModeGapGuard(splits.train)
+    model.fit(splits.train, epochs=8, callbacks=[guard])
+    model.history.history["inference_mode_gap"]   # one value per epoch
+    guard.events                                  # [] unless the modes parted
+    ```
+    """
+
+    GAP, TRAINING, INFERENCE = "inference_mode_gap", "training_mode_metric", "inference_mode_metric"
+
+    def __init__(self, data, threshold=0.10, min_examples=64, start_epoch=2):
+        super().__init__()
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}.")
+        self.data = data
+        self.threshold = float(threshold)
+        self.min_examples = int(min_examples)
+        self.start_epoch = int(start_epoch)
+        self.batches = None
+        self.events = []
+        self._warned = False
+
+    def _take_batches(self):
+        if isinstance(self.data, tuple) and len(self.data) == 2 and hasattr(self.data[0], "shape"):
+            return [(np.asarray(self.data[0]), np.asarray(self.data[1]))]
+        batches, count = [], 0
+        for batch in self.data:
+            images, labels = batch[0], batch[1]
+            batches.append((np.asarray(images), np.asarray(labels)))
+            count += len(batches[-1][0])
+            if count >= self.min_examples:
+                break
+        if not batches:
+            raise ValueError("InferenceModeGapGuard got no training batches.")
+        return batches
+
+    def on_train_begin(self, logs=None):
+        if self.batches is None:
+            self.batches = self._take_batches()
+
+    def measure(self):
+        """`(training-mode metric, inference-mode metric)` of the main head on the fixed batches."""
+        if self.batches is None:
+            self.batches = self._take_batches()
+        network = getattr(self.model, "network", self.model)
+        trainable = [v.value for v in network.trainable_variables]
+        non_trainable = [v.value for v in network.non_trainable_variables]
+        scores = {}
+        for training in (True, False):
+            predictions, labels = [], []
+            for images, batch_labels in self.batches:
+                outputs, _ = network.stateless_call(trainable, non_trainable, images, training=training)
+                logits = outputs["main_logits"] if isinstance(outputs, dict) else outputs
+                predictions.append(np.argmax(np.asarray(logits), axis=-1))
+                labels.append(batch_labels.reshape(predictions[-1].shape))
+            scores[training] = _main_metric(
+                np.concatenate(labels), np.concatenate(predictions), np.asarray(logits).shape[-1],
+                per_pixel=predictions[-1].ndim > 1)
+        return scores[True], scores[False]
+
+    def on_epoch_end(self, epoch, logs=None):
+        training_mode, inference_mode = self.measure()
+        gap = training_mode - inference_mode
+        if logs is not None:
+            logs.update({self.TRAINING: training_mode, self.INFERENCE: inference_mode, self.GAP: gap})
+        if abs(gap) <= self.threshold:
+            self._warned = False
+            return
+        if self._warned or epoch + 1 < self.start_epoch:
+            return
+        self._warned = True
+        network = getattr(self.model, "network", self.model)
+        norms = branches.batch_norms(network)
+        shared = [layer.name for layer in norms if len(getattr(layer, "_inbound_nodes", [])) > 1]
+        momentum = max((float(layer.momentum) for layer in norms), default=None)
+        event = {
+            "epoch": epoch + 1, "training_mode": training_mode, "inference_mode": inference_mode,
+            "gap": gap, "examples": sum(len(images) for images, _ in self.batches),
+            "batch_norms": len(norms), "max_momentum": momentum, "batch_norms_called_twice": shared,
+        }
+        self.events.append(event)
+        recalibrated = bool(getattr(self.model, "precise_batch_norm_examples", 0))
+        event["recalibrated"] = recalibrated
+        causes = []
+        if shared:
+            causes.append(f"batch norms called on several inputs per step mix their statistics: {shared}")
+        if not recalibrated and momentum is not None:
+            causes.append(
+                f"moving statistics that are Keras's exponential averages (momentum up to {momentum}: the "
+                f"last ~{_memory(momentum)} steps), which lag a trunk that moves fast: recompute them with "
+                "`branches.recalibrate_batch_norms` (MBAKT's `fit` does at each epoch end unless "
+                "`precise_batch_norm_examples=0`)")
+        causes.append(
+            "batch statistics of too few values, which the network has come to rely on (small batches, "
+            "or 1x1 feature maps at the last stages: a larger batch or input size helps)")
+        logger.warning(
+            "inference-mode gap: at epoch %d the main head's metric on %d fixed training images is "
+            "%.4f in training mode (batch statistics) but %.4f in inference mode (moving statistics), "
+            "a gap of %+.4f (threshold %.2f). The model you evaluate, predict with and export runs in "
+            "inference mode: the training log overstates it. Likely causes: %s.",
+            event["epoch"], event["examples"], training_mode, inference_mode, gap, self.threshold,
+            "; ".join(causes),
+        )
+
+
+def _memory(momentum):
+    return "inf" if momentum >= 1 else f"{1.0 / (1.0 - momentum):.0f}"
+
+
+def _main_metric(labels, predictions, num_classes, per_pixel):
+    """Accuracy, or for label maps the mIoU (labels outside [0, num_classes) left out)."""
+    if per_pixel:
+        return segmentation.mean_iou(labels, predictions, num_classes)
+    valid = (labels >= 0) & (labels < num_classes)
+    return float(np.mean(predictions[valid] == labels[valid])) if valid.any() else 0.0

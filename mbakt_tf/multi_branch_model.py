@@ -18,7 +18,10 @@ isinstance(model, MultiBranchModel)   # True, and so is every MBAKTSegmenter
 ```
 """
 
+import logging
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -26,6 +29,8 @@ from mbakt_tf import branches as branches_lib
 from mbakt_tf import losses
 from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
+
+logger = logging.getLogger("mbakt_tf.multi_branch_model")
 
 
 class MultiBranchModel(keras.Model):
@@ -111,6 +116,44 @@ class MultiBranchModel(keras.Model):
                 keras.optimizers.deserialize(config["d_optimizer"]) if "d_optimizer" in config else None
             ),
         )
+
+    # --------------------------------------------------------------------- fit
+
+    # Training images whose batch statistics the precise batch-norm statistics average; 0: none.
+    precise_batch_norm_examples = 1024
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, **kwargs):
+        """`keras.Model.fit`, then, at each epoch end, every batch norm's moving statistics recomputed.
+
+        The exponential moving statistics lag a trunk that moves fast (MBAKT's
+        summed losses move the shared trunk several times faster than plain's),
+        so at each epoch end, before validation and before any other callback,
+        `branches.recalibrate_batch_norms` replaces them by the mean batch
+        statistics, at the current weights, of up to
+        `precise_batch_norm_examples` training images (0 turns this off).
+        Weights, optimizer and random state are untouched; validation,
+        `evaluate`, `predict` and every export then see the network that
+        training built.
+
+        The images are read once, when training begins (before `fit` iterates
+        its data: an iterator made between epochs over a seeded, reshuffling
+        pipeline would shift the later epochs' order), and kept: from a
+        `guards.InferenceModeGapGuard` among the callbacks (its data is the
+        run's training split, whatever position a resumed run's stream starts
+        at), else from `x`: a `tf.data.Dataset` of batches, arrays or tensors
+        (sliced by `batch_size`, default 32) or a `keras.utils.PyDataset`;
+        from a one-shot iterator nothing is
+        recalibrated (a warning says so).
+        """
+        callbacks = list(callbacks or [])
+        if self.precise_batch_norm_examples:
+            from mbakt_tf import guards  # guards reads models; a model does not need it otherwise
+
+            carried = [c.data for c in callbacks if isinstance(c, guards.InferenceModeGapGuard)]
+            source = _recalibration_batches(carried[0] if carried else x, batch_size)
+            callbacks.insert(0, _PreciseBatchNorm(self.network, source, self.precise_batch_norm_examples))
+        return super().fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
 
     # ----------------------------------------------------------------- metrics
 
@@ -448,3 +491,65 @@ class MultiBranchModel(keras.Model):
         for key in ("trainable", "dtype"):
             config.pop(key, None)
         return cls(network, discriminator, mbakt_config, **config)
+
+
+def _recalibration_batches(x, batch_size):
+    """A callable giving an iterator of the training data's batches, or None if it cannot."""
+    if isinstance(x, tf.data.Dataset):
+        return lambda: iter(x)
+    if isinstance(x, tuple) and len(x) == 2 and hasattr(x[0], "shape"):
+        x = x[0]  # (images, labels) arrays
+    if isinstance(x, (np.ndarray, tf.Tensor)) or (hasattr(x, "shape") and hasattr(x, "__len__")):
+        size = int(batch_size or 32)
+        return lambda: (x[i:i + size] for i in range(0, len(x), size))
+    if isinstance(x, keras.utils.PyDataset):
+        return lambda: (x[i] for i in range(len(x)))
+    logger.warning(
+        "precise batch norm: fit got %s, which cannot be iterated again; the moving statistics stay "
+        "Keras's exponential averages (they lag a fast-moving trunk, see "
+        "branches.recalibrate_batch_norms). Pass a tf.data.Dataset or arrays.", type(x).__name__)
+    return None
+
+
+class _PreciseBatchNorm(keras.callbacks.Callback):
+    """At each epoch end (before validation), the network's batch-norm statistics recomputed on up to
+    `examples` training images, read once when training begins and kept."""
+
+    def __init__(self, network, batches, examples):
+        super().__init__()
+        self.network = network
+        self.batches = batches
+        self.examples = int(examples)
+        self.kept = None
+        self._done = True
+
+    def on_train_begin(self, logs=None):
+        if self.kept is None and self.batches is not None:
+            self.kept = self._keep()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._done = False
+
+    def _keep(self):
+        kept, count = [], 0
+        for batch in self.batches():
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            images = np.asarray(images)  # whole batches: each normalised by its own statistics
+            kept.append(images)
+            count += len(images)
+            if count >= self.examples:
+                break
+        return kept
+
+    def _recalibrate(self):
+        if not self._done and self.batches is not None:
+            if self.kept is None:
+                self.kept = self._keep()
+            branches_lib.recalibrate_batch_norms(self.network, self.kept)
+        self._done = True
+
+    def on_test_begin(self, logs=None):  # validation inside fit: after the epoch's training steps
+        self._recalibrate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._recalibrate()

@@ -238,6 +238,8 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
         )
     if mbakt_config.uses_adversary:
         run_callbacks.append(guards.AdversarialTakeoverGuard())
+    # Every run, first: the modes' gap it adds to the epoch's logs reaches the backup's history too.
+    run_callbacks.insert(0, guards.InferenceModeGapGuard(splits.train))
     if strategy.num_replicas_in_sync > 1:
         # Keras BN keeps one moving average per replica: evaluate and save their mean.
         run_callbacks.append(distribute.AverageReplicaStatistics(strategy))

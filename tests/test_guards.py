@@ -10,9 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from mbakt_tf import data, guards, resume, training
+import mbakt_tf
+from mbakt_tf import branches, data, guards, resume, training
 from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.data import synthetic
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -212,3 +214,109 @@ def test_takeover_guard_stays_quiet_without_the_pattern(rows):
     guard.set_model(keras.Sequential())
     _epochs(guard, rows)
     assert guard.events == []
+
+
+# ------------------------------------------------------------------ inference-mode gap
+
+
+def _learnable_classification(num_examples=256, batch_size=16):
+    images, labels = synthetic.make_synthetic(num_classes=4, image_shape=(16, 16, 1), num_examples=num_examples)
+    return data.make_dataset((images, labels), batch_size=batch_size, training=True)
+
+
+def _plain_small_resnet(stale):
+    """A plain small_resnet8 classifier; `stale`: moving statistics left as Keras's exponential averages at
+    momentum 0.999 (keras-cv MobileNetV3's), which after 48 steps still hold ~95% of their initial values."""
+    model = mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (16, 16, 1), config=MBAKTConfig(mode="plain"))
+    model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    if stale:
+        model.precise_batch_norm_examples = 0
+        for layer in branches.batch_norms(model.network):
+            layer.momentum = 0.999
+    return model
+
+
+def test_inference_mode_gap_guard_names_the_pattern_on_stale_statistics(caplog):
+    keras.utils.set_random_seed(0)
+    train = _learnable_classification()
+    model = _plain_small_resnet(stale=True)
+    guard = guards.InferenceModeGapGuard(train)
+    with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
+        history = model.fit(train, epochs=3, verbose=0, callbacks=[guard]).history
+    # The same images score well in training mode and badly in inference mode.
+    assert min(history["training_mode_metric"][1:]) > 0.9
+    assert min(history["inference_mode_gap"][1:]) > 0.3
+    assert len(guard.events) == 1  # one warning per episode
+    event = guard.events[0]
+    assert event["epoch"] == 2 and event["examples"] == 64 and event["max_momentum"] == pytest.approx(0.999)
+    assert not event["recalibrated"] and event["batch_norms_called_twice"] == []
+    assert "inference-mode gap: at epoch 2 the main head's metric on 64 fixed training images" in caplog.text
+    assert "momentum up to 0.999" in caplog.text and "branches.recalibrate_batch_norms" in caplog.text
+
+
+def test_inference_mode_gap_guard_silent_when_statistics_are_recomputed(caplog):
+    # The same run with the library's default: MBAKT's fit recomputes the statistics at each epoch end.
+    keras.utils.set_random_seed(0)
+    train = _learnable_classification()
+    model = _plain_small_resnet(stale=False)
+    guard = guards.InferenceModeGapGuard(train)
+    with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
+        history = model.fit(train, epochs=3, verbose=0, callbacks=[guard]).history
+    assert guard.events == [] and "inference-mode gap" not in caplog.text
+    assert max(abs(g) for g in history["inference_mode_gap"]) <= 0.05
+
+
+def test_inference_mode_gap_guard_changes_no_state():
+    keras.utils.set_random_seed(0)
+    images, labels = synthetic.make_synthetic(num_classes=4, image_shape=(16, 16, 1), num_examples=32)
+    model = helpers.tiny_model(mode="mbakt")
+    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    guard = guards.InferenceModeGapGuard((images, labels))
+    guard.set_model(model)
+    before = [np.array(v) for v in model.variables]
+    logs = {}
+    guard.on_epoch_end(0, logs)
+    assert set(logs) == {"training_mode_metric", "inference_mode_metric", "inference_mode_gap"}
+    assert logs["inference_mode_gap"] == pytest.approx(logs["training_mode_metric"] - logs["inference_mode_metric"])
+    assert all(np.array_equal(a, np.array(v)) for a, v in zip(before, model.variables))
+
+
+def test_inference_mode_gap_guard_in_every_train_run_is_silent_on_a_healthy_run(tmp_path, caplog):
+    config = training.TrainConfig(dataset="synthetic", epochs=2, batch_size=16, train_limit=256, test_limit=32,
+                                  output_dir=str(tmp_path), run_name="run", verbose=0)
+    with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
+        result = training.train(config, MBAKTConfig(mode="mbakt"))
+    assert len(result.history["inference_mode_gap"]) == 2
+    assert max(abs(g) for g in result.history["inference_mode_gap"]) <= 0.10
+    assert "inference-mode gap" not in caplog.text
+
+
+_SAME_RUN = """
+import json, sys, keras, numpy as np, tensorflow as tf
+tf.config.experimental.enable_op_determinism()
+import mbakt_tf
+from mbakt_tf import data, guards, resume
+from mbakt_tf.data import synthetic
+images, labels = synthetic.make_synthetic(num_classes=4, image_shape=(16, 16, 1), num_examples=128)
+
+class TakesTheBatchOnly(guards.InferenceModeGapGuard):
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+weights = []
+for guard in (TakesTheBatchOnly, guards.InferenceModeGapGuard):
+    keras.utils.set_random_seed(0)
+    train = data.make_dataset((images, labels), batch_size=16, training=True, seed=3)
+    model = mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (16, 16, 1), config=mbakt_tf.MBAKTConfig())
+    model.compile()
+    model.fit(resume.training_stream(train), steps_per_epoch=8, epochs=3, verbose=0, callbacks=[guard(train)])
+    weights.append([np.array(v) for v in model.network.variables])
+print(json.dumps(all(np.array_equal(a, b) for a, b in zip(*weights))))
+"""
+
+
+def test_the_inference_mode_gap_checks_change_nothing_in_the_run():
+    # Against a run whose guard only takes its images (at the start, like every run's guard): measuring in
+    # both modes at each epoch end leaves weights, statistics and random state exactly as they were.
+    out = subprocess.run([sys.executable, "-c", _SAME_RUN], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "true"

@@ -1,0 +1,101 @@
+"""No harm from MBAKT (issue 21): precise batch-norm statistics after `fit`, and the no-harm matrix.
+
+The matrix itself (`experiments/no_harm_matrix.py`, docs/no_harm.md) takes hours on CPU; the slow
+test here runs its every cell at the tiny scale: every backbone family the library accepts, both
+tasks, plain / peer / exit, one seed; each trains, is evaluated and recorded, and the table lists it.
+"""
+
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import mbakt_tf
+from mbakt_tf import branches, data, resume
+from mbakt_tf.data import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _matrix():
+    spec = importlib.util.spec_from_file_location(
+        "no_harm_matrix", os.path.join(ROOT, "experiments", "no_harm_matrix.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stale_run(precise):
+    """A plain small_resnet8 trained 3 epochs with batch norms at momentum 0.999 (keras-cv MobileNetV3's):
+    Keras's moving averages then still hold ~95% of their initial values."""
+    keras.utils.set_random_seed(0)
+    images, labels = synthetic.make_synthetic(num_classes=4, image_shape=(16, 16, 1), num_examples=256)
+    train = data.make_dataset((images, labels), batch_size=16, training=True)
+    model = mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (16, 16, 1), config=mbakt_tf.MBAKTConfig(mode="plain"))
+    model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    for layer in branches.batch_norms(model.network):
+        layer.momentum = 0.999
+    if not precise:
+        model.precise_batch_norm_examples = 0
+    model.fit(resume.training_stream(train), steps_per_epoch=16, epochs=3, verbose=0)  # training.train's way
+    return model, images, labels
+
+
+def test_fit_recomputes_batch_norm_statistics_so_inference_mode_matches_training_mode():
+    fixed, images, labels = _stale_run(precise=True)
+    stale, _, _ = _stale_run(precise=False)
+    accuracy = {}
+    for name, model in (("fixed", fixed), ("stale", stale)):
+        net = model.network
+        trainable = [v.value for v in net.trainable_variables]
+        non_trainable = [v.value for v in net.non_trainable_variables]
+        for training in (True, False):
+            outputs, _ = net.stateless_call(trainable, non_trainable, images[:128], training=training)
+            accuracy[name, training] = float(np.mean(np.argmax(outputs["main_logits"], -1) == labels[:128]))
+    # Without the recomputation the modes part (the mismatch is real); with it they agree.
+    assert accuracy["stale", True] - accuracy["stale", False] > 0.3
+    assert abs(accuracy["fixed", True] - accuracy["fixed", False]) <= 0.05
+
+
+def test_recalibrated_statistics_are_the_mean_batch_statistics():
+    rng = np.random.default_rng(0)
+    images = rng.normal(5.0, 3.0, size=(48, 6, 6, 2)).astype("float32")
+    inputs = keras.Input((6, 6, 2))
+    norm = keras.layers.BatchNormalization(momentum=0.99)
+    network = keras.Model(inputs, keras.layers.ReLU()(norm(inputs)))
+    batches = [(images[i:i + 16], None) for i in range(0, 48, 16)]
+    assert branches.recalibrate_batch_norms(network, batches) == 3
+    np.testing.assert_allclose(np.array(norm.moving_mean), images.mean(axis=(0, 1, 2)), rtol=1e-5)
+    variances = np.mean([images[i:i + 16].var(axis=(0, 1, 2)) for i in range(0, 48, 16)], axis=0)
+    np.testing.assert_allclose(np.array(norm.moving_variance), variances, rtol=1e-4)
+    assert norm.momentum == 0.99  # restored
+
+
+def test_matrix_table_marks_cells_below_the_bar():
+    matrix = _matrix()
+    rows = [dict(backbone="cspdarknet", task="classification", variant=v, seed=0, test=t, inference_mode_gap=[g])
+            for v, t, g in [("plain", 0.60, 0.01), ("peer", 0.55, -0.2), ("exit", 0.61, 0.0)]]
+    text = matrix.table(rows)
+    assert "| classification | cspdarknet | 0.600 (1) | 0.550 (1) | 0.610 (1) | -0.050 **below bar** | 0.200 |" in text
+
+
+@pytest.mark.slow
+def test_every_cell_of_the_no_harm_matrix_trains_and_is_recorded(tmp_path):
+    matrix = _matrix()
+    matrix.main(["--scale=tiny", f"--out={tmp_path}", "--seeds=0"])
+    records = matrix.load_records(str(tmp_path), "tiny")
+    expected = {(b, t, v) for b in matrix.BACKBONES for t in matrix.TASKS for v in matrix.VARIANTS}
+    assert {(r["backbone"], r["task"], r["variant"]) for r in records} == expected
+    for r in records:
+        assert 0.0 <= r["test"] <= 1.0 and len(r["inference_mode_gap"]) == matrix.SCALES["tiny"]["epochs"]
+        assert r["design"] == (None if r["variant"] == "plain" else r["variant"])
+    table = (tmp_path / "tiny.md").read_text()
+    assert table.count("\n| ") == len(matrix.BACKBONES) * len(matrix.TASKS)
+    # Resumable: a second call finds every record and trains nothing.
+    before = {p: os.path.getmtime(p) for p in tmp_path.glob("tiny/*.json")}
+    matrix.main(["--scale=tiny", f"--out={tmp_path}", "--seeds=0"])
+    assert before == {p: os.path.getmtime(p) for p in tmp_path.glob("tiny/*.json")}
+    json.loads((tmp_path / "tiny" / "segmentation__cspdarknet__exit__seed0.json").read_text())
