@@ -426,10 +426,10 @@ class InferenceModeGapGuard(keras.callbacks.Callback):
             "epoch": epoch + 1, "training_mode": training_mode, "inference_mode": inference_mode,
             "gap": gap, "examples": sum(len(images) for images, _ in self.batches),
             "batch_norms": len(norms), "max_momentum": momentum, "batch_norms_called_twice": shared,
+            "recalibrated": bool(getattr(self.model, "precise_batch_norm_examples", 0)),
         }
         self.events.append(event)
-        recalibrated = bool(getattr(self.model, "precise_batch_norm_examples", 0))
-        event["recalibrated"] = recalibrated
+        recalibrated = event["recalibrated"]
         causes = []
         if shared:
             causes.append(f"batch norms called on several inputs per step mix their statistics: {shared}")
@@ -446,7 +446,7 @@ class InferenceModeGapGuard(keras.callbacks.Callback):
             "inference-mode gap: at epoch %d the main head's metric on %d fixed training images is "
             "%.4f in training mode (batch statistics) but %.4f in inference mode (moving statistics), "
             "a gap of %+.4f (threshold %.2f). The model you evaluate, predict with and export runs in "
-            "inference mode: the training log overstates it. Likely causes: %s.",
+            "inference mode: the training log does not describe it. Likely causes: %s.",
             event["epoch"], event["examples"], training_mode, inference_mode, gap, self.threshold,
             "; ".join(causes),
         )

@@ -44,6 +44,8 @@ Example:
  'main_features': (28, 28, 32), 'main_logits': (28, 28, 11)}
 """
 
+import logging
+
 import keras
 import numpy as np
 
@@ -56,6 +58,12 @@ BN_MOMENTUM = branches_lib.BN_MOMENTUM
 # matters: on Fashion-MNIST (small_resnet8) a 16-channel last step gave the main head 37% mIoU
 # after 2 short epochs, 32 channels 46%.
 MIN_DECODER_CHANNELS, MAX_DECODER_CHANNELS = 32, 128
+# An "exit" head on a decoder step coarser than this fraction of the input side predicts a whole map
+# from a few pixels: on a keras-cv CSPDarkNet (32x32 inputs) heads at 1x1 and 2x2 reached 0.22 and 0.28
+# test mIoU and the main head lost 0.045 mIoU to plain over 2 seeds (peer decoders: +0.005; docs/no_harm.md).
+MIN_EXIT_RESOLUTION = 1 / 8
+
+logger = logging.getLogger("mbakt_tf.segmentation")
 
 
 def resize_to(x, height, width, name):
@@ -135,6 +143,26 @@ def hint_adaptation_block(features, target_shape, separable, name):
     return resize_to(x, height, width, name=f"{name}_upsample")
 
 
+def warn_coarse_exits(chosen, sizes, input_size):
+    """Warns (naming them and the alternative) about exit heads on decoder steps coarser than
+    `MIN_EXIT_RESOLUTION` of the input; returns their step indices.
+
+    Example:
+    >>> warn_coarse_exits([1, 2, 3], [(1, 1), (2, 2), (4, 4)], (32, 32))  # logs a warning
+    [1, 2]
+    """
+    coarse = [step for step, (h, w) in zip(chosen, sizes)
+              if h < input_size[0] * MIN_EXIT_RESOLUTION or w < input_size[1] * MIN_EXIT_RESOLUTION]
+    if coarse:
+        shown = ", ".join(f"step {s} at {h}x{w}" for s, (h, w) in zip(chosen, sizes) if s in coarse)
+        logger.warning(
+            "branch_design='exit': exit heads on decoder %s predict a %dx%d map from a few pixels and "
+            "can cost the main head (a keras-cv CSPDarkNet segmenter: -0.045 mIoU against plain over 2 "
+            "seeds, docs/no_harm.md). Use branch_design='peer' (+0.005 there) or branch_stages without "
+            "steps %s.", shown, input_size[0], input_size[1], coarse)
+    return coarse
+
+
 def build_segmentation_network(
     backbone,
     num_classes,
@@ -212,6 +240,7 @@ def build_segmentation_network(
     if branch_design == "exit":
         separable = branches_lib.separable_adaptation(backbone, adaptation)
         chosen = branches_lib.resolve_branch_stages(len(steps), branch_stages)
+        warn_coarse_exits(chosen, [tuple(steps[s - 1].shape[1:3]) for s in chosen], (height, width))
         for k, step in enumerate(chosen, start=1):
             branch = f"branch_{k}"
             features = steps[step - 1]

@@ -99,3 +99,21 @@ def test_every_cell_of_the_no_harm_matrix_trains_and_is_recorded(tmp_path):
     matrix.main(["--scale=tiny", f"--out={tmp_path}", "--seeds=0"])
     assert before == {p: os.path.getmtime(p) for p in tmp_path.glob("tiny/*.json")}
     json.loads((tmp_path / "tiny" / "segmentation__cspdarknet__exit__seed0.json").read_text())
+
+
+def test_exit_heads_on_decoder_steps_a_few_pixels_wide_are_named_in_a_warning(caplog):
+    # The matrix's losing cell: exit heads at 1x1 and 2x2 on a CSPDarkNet segmenter (32x32 inputs).
+    import keras_cv
+
+    backbone = keras_cv.models.CSPDarkNetBackbone(
+        stackwise_channels=[16, 32, 64, 128], stackwise_depth=[1, 1, 1, 1], include_rescaling=True,
+        input_shape=(32, 32, 3))
+    with caplog.at_level("WARNING", logger="mbakt_tf.segmentation"):
+        mbakt_tf.MBAKT.from_backbone(backbone, 4, (32, 32, 3), task="segmentation",
+                                     config=mbakt_tf.MBAKTConfig(branch_design="exit"))
+    assert "exit heads on decoder step 1 at 1x1, step 2 at 2x2 predict a 32x32 map" in caplog.text
+    assert "branch_design='peer'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mbakt_tf.segmentation"):  # small_resnet8: steps at 1/4 and up
+        mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (28, 28, 1), task="segmentation")
+    assert "exit heads" not in caplog.text
