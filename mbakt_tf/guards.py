@@ -321,7 +321,8 @@ class InferenceModeGapGuard(keras.callbacks.Callback):
       accuracy (mIoU for segmentation) on those images in each mode;
     * `inference_mode_gap`: the first minus the second.
 
-    When `|inference_mode_gap|` exceeds `threshold` at epoch `start_epoch` or
+    When `inference_mode_gap` exceeds `threshold` (inference mode worse: the
+    model you ship is worse than the training log) at epoch `start_epoch` or
     later, it logs a warning that names the pattern and its likely causes
     (one per episode; `events` keeps the numbers). The fixed images are taken
     from `data` when training begins, before `fit` iterates its data: every
@@ -334,11 +335,13 @@ class InferenceModeGapGuard(keras.callbacks.Callback):
     Args:
         data: training batches `(images, labels)`: a `tf.data.Dataset` or any
             iterable of batches, or one `(images, labels)` pair of arrays.
-        threshold: the largest gap (absolute, in accuracy or mIoU) that is
-            not a warning. 0.10 (docs/no_harm.md): on healthy runs the gap
-            measured at most ~0.03 after the first epoch, on the broken case of
-            issue 21 0.36; 64 images put a sampling noise of ~0.06 on an
-            accuracy gap, well under 0.10.
+        threshold: the largest gap (in accuracy or mIoU) that is not a
+            warning. The other way round (inference mode better by more) is
+            logged at INFO level: measured on keras-cv CSPDarkNet classifiers
+            (1x1 last stages, 16-image batches), plain and peer alike.
+            0.10 (docs/no_harm.md): on healthy runs the gap measured at most
+            +0.015 after the first epoch (-0.05 the other way), on the broken
+            case of issue 21 +0.36, stale statistics in the tests +0.64.
         min_examples: batches are taken until they hold this many images;
             each is run separately in training mode (its own batch statistics,
             as in training).
@@ -412,7 +415,12 @@ class InferenceModeGapGuard(keras.callbacks.Callback):
         gap = training_mode - inference_mode
         if logs is not None:
             logs.update({self.TRAINING: training_mode, self.INFERENCE: inference_mode, self.GAP: gap})
-        if abs(gap) <= self.threshold:
+        if gap < -self.threshold and epoch + 1 >= self.start_epoch:
+            # Inference mode better: the shipped model beats the training log (batch statistics of few
+            # values hurt training mode; e.g. 1x1 last stages, 16-image batches): noted, not warned.
+            logger.info("inference mode above training mode by %.4f on the fixed training images "
+                        "(epoch %d): the training log understates the model.", -gap, epoch + 1)
+        if gap <= self.threshold:
             self._warned = False
             return
         if self._warned or epoch + 1 < self.start_epoch:
