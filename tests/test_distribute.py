@@ -47,20 +47,22 @@ import keras, numpy as np, tensorflow as tf
 import mbakt_tf
 from tests.helpers import tiny_batch
 
-def build(sync_bn, eager):
+def build(sync_bn, eager, precise_bn=True):
     keras.utils.set_random_seed(0)
     model = mbakt_tf.MBAKT.from_backbone(
         "small_resnet8", num_classes=4, input_shape=(16, 16, 1),
         config=mbakt_tf.MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0, gamma=0.5))
+    if not precise_bn:
+        model.precise_batch_norm_examples = 0
     if sync_bn:
         distribute.synchronize_batchnorm(model)
     model.compile(g_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                   d_optimizer=keras.optimizers.Adam(1e-2), run_eagerly=eager)
     return model
 
-def one_step(strategy, sync_bn, eager, images, labels):
+def one_step(strategy, sync_bn, eager, images, labels, precise_bn=True):
     with strategy.scope():
-        model = build(sync_bn, eager)
+        model = build(sync_bn, eager, precise_bn)
     initial = [np.array(v.numpy()) for v in model.weights]
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
     model.fit(data, epochs=1, verbose=0, shuffle=False)
@@ -74,11 +76,14 @@ images, labels = tiny_batch(batch=8, num_classes=4)
 same_halves = (np.concatenate([images[:4]] * 2), np.concatenate([labels[:4]] * 2))
 one = tf.distribute.OneDeviceStrategy("/cpu:0")
 out = {"replicas": mirrored.num_replicas_in_sync}
-for case, sync_bn, eager, (x, y) in [("sync_bn", True, False, (images, labels)),
-                                     ("keras_bn", False, True, same_halves),
-                                     ("control", False, True, (images, labels))]:
-    a, moved, steps, model = one_step(mirrored, sync_bn, eager, x, y)
-    b, _, _, _ = one_step(one, sync_bn, eager, x, y)
+# control without precise batch norm (MultiBranchModel.fit), which would set every replica's copy
+# of the moving statistics from the same images: the per-replica copies below are what
+# average_replica_variables reconciles when it is off (precise_batch_norm_examples=0, custom loops).
+for case, sync_bn, eager, (x, y), precise in [("sync_bn", True, False, (images, labels), True),
+                                              ("keras_bn", False, True, same_halves, True),
+                                              ("control", False, True, (images, labels), False)]:
+    a, moved, steps, model = one_step(mirrored, sync_bn, eager, x, y, precise)
+    b, _, _, _ = one_step(one, sync_bn, eager, x, y, precise)
     out[case] = {
         "max_abs": max(float(np.abs(p - q).max()) for p, q in zip(a, b)),
         "moved": moved,
