@@ -101,6 +101,8 @@ def fit(model, stream, epochs, strategy, steps_per_epoch, initial_epoch=0,
         verbose: 0 silent, 1 progress bar, 2 one line per epoch.
     """
     steps = _steps_for(model, strategy)
+    if hasattr(model, "with_precise_batch_norm"):  # the batch-norm statistics fit recomputes
+        callbacks = model.with_precise_batch_norm(callbacks, stream)
     callbacks = keras.callbacks.CallbackList(
         list(callbacks), add_history=True, add_progbar=verbose != 0, verbose=verbose,
         epochs=epochs, steps=steps_per_epoch, model=model,
@@ -124,7 +126,9 @@ def fit(model, stream, epochs, strategy, steps_per_epoch, initial_epoch=0,
                 break
         epoch_logs = dict(logs)
         if validation_data is not None:
+            callbacks.on_test_begin()  # as fit's validation does: precise batch norm, epoch timers
             val_logs = evaluate(model, validation_data, strategy)
+            callbacks.on_test_end(val_logs)
             epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
         callbacks.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:

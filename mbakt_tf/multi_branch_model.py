@@ -145,6 +145,15 @@ class MultiBranchModel(keras.Model):
         from a one-shot iterator nothing is
         recalibrated (a warning says so).
         """
+        callbacks = self.with_precise_batch_norm(callbacks, x, batch_size)
+        return super().fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
+
+    def with_precise_batch_norm(self, callbacks, x, batch_size=None):
+        """`callbacks` with the precise batch-norm callback first (see `fit`); as they are when it is off.
+
+        `fit` calls it; so does `custom_loop.fit`, so both train the same network.
+        """
         callbacks = list(callbacks or [])
         if self.precise_batch_norm_examples:
             from mbakt_tf import guards  # guards reads models; a model does not need it otherwise
@@ -152,8 +161,7 @@ class MultiBranchModel(keras.Model):
             carried = [c.data for c in callbacks if isinstance(c, guards.InferenceModeGapGuard)]
             source = _recalibration_batches(carried[0] if carried else x, batch_size)
             callbacks.insert(0, _PreciseBatchNorm(self.network, source, self.precise_batch_norm_examples))
-        return super().fit(
-            x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, **kwargs)
+        return callbacks
 
     # ----------------------------------------------------------------- metrics
 
