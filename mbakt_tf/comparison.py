@@ -164,8 +164,10 @@ def equal_time_epochs(epochs, reference_record, plain_record):
     """Epochs of plain that take as long as `reference_record`'s run: {"epochs", "ratio", ...}.
 
     The ratio is of the same seed's fastest epochs (training plus validation,
-    the first epoch excluded), so a load on a shared machine during part of
-    either run does not move it.
+    the first epoch excluded): a load on a shared machine during part of
+    either run does not move it, but a load throughout does (on 2 cores shared
+    with three other jobs, seeds of one comparison gave 1.46 to 2.04).
+    Measure on an idle machine; every record keeps its per-epoch times.
 
     Example:
     >>> record = lambda seconds: {"timing": {"epoch_seconds": seconds}}

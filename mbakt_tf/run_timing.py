@@ -5,7 +5,7 @@ plus validation) and the part spent on training batches alone, so a run's
 record carries a step time that does not depend on how long validation took.
 Equal-time baselines (`comparison`, `plain@<variant>`) compare runs by their
 fastest epoch (the first excluded: it traces the step), which a load on a
-shared machine for part of a run does not move.
+shared machine for part of a run does not move (a load throughout does).
 
 Example:
 ```python
