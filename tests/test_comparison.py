@@ -121,12 +121,17 @@ def test_compare_script_on_synthetic_data_resumes(tmp_path):
         sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",
         "--backbone=small_resnet8", "--epochs=1", "--batch_size=16", "--train_limit=32",
         "--test_limit=16", "--validation_fraction=0.25", "--seeds=0,1", "--variants=plain,mbakt",
-        f"--output_dir={tmp_path}", "--run_name=cmp", "--verbose=0",
+        f"--output_dir={tmp_path}", "--run_name=cmp", "--verbose=0", f"--results_dir={tmp_path}/results",
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "cmp"
+    # Each run's record is kept (and nothing is written to the checkout's results/).
+    assert sorted(os.listdir(tmp_path / "results" / "cmp")) == [
+        "mbakt_seed0.json", "mbakt_seed1.json", "plain_seed0.json", "plain_seed1.json",
+    ]
+    assert not os.path.exists(os.path.join(ROOT, "results", "cmp"))
     results = json.loads((out / "results.json").read_text())
     summary = results["summary"]
     assert set(summary) == {"plain", "mbakt"}
