@@ -196,6 +196,20 @@ def _write_record(records_dir, variant, seed, record):
     atomic.write_json(record_path(records_dir, variant, seed), record, sort_keys=True)
 
 
+def check_variants(base_config, variants):
+    """Raises ValueError for an unknown variant, or a `plain@<variant>` without plain and its reference before it."""
+    for variant in variants:
+        variant_config(base_config, variant)  # unknown names fail before any training
+        reference = equal_time_reference(variant)
+        if reference is not None and (reference not in variants or "plain" not in variants
+                                      or variants.index(reference) > variants.index(variant)
+                                      or variants.index("plain") > variants.index(variant)):
+            raise ValueError(
+                f"Variant {variant!r} needs 'plain' and {reference!r} in the same comparison, "
+                "listed before it (its epochs come from their epoch times)."
+            )
+
+
 def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn=None, log=print,
                    train=True, records_dir=None):
     """Trains every (variant, seed) not finished yet; returns {(variant, seed): results dict}.
@@ -210,15 +224,7 @@ def run_comparison(train_config, base_config, variants, seeds, out_dir, train_fn
         from mbakt_tf import training
 
         train_fn = training.train
-    for variant in variants:
-        variant_config(base_config, variant)  # unknown names fail before any training
-        reference = equal_time_reference(variant)
-        if reference is not None and (reference not in variants or "plain" not in variants
-                                      or variants.index(reference) > variants.index(variant)):
-            raise ValueError(
-                f"Variant {variant!r} needs 'plain' and {reference!r} in the same comparison, "
-                "listed before it (its epochs come from their epoch times)."
-            )
+    check_variants(base_config, variants)
     runs = {}
     total = len(variants) * len(seeds)
     for index, (seed, variant) in enumerate(((s, v) for s in seeds for v in variants), start=1):

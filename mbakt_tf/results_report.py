@@ -172,12 +172,15 @@ def headline_table(rows, results_dir):
             lines.append("| " + " | ".join([row.label] + ["not measured yet"] * 4 + ["-"]) + " |")
             continue
         metric = _metric(runs)
-        main = lambda v: [r["test"][f"main_{metric}"] for (name, _), r in runs.items() if name == v]  # noqa: E731
         cells = [row.label] + [
             _gain_cell(runs, row.variant, baseline, metric)
             for baseline in (row.plain, row.plain_same_time, row.byot, row.one)
         ]
-        cells.append(f"{_cell(main(row.variant)).split(' ±')[0]} / {_cell(main(row.plain)).split(' ±')[0]}")
+        means = [
+            100 * np.mean([r["test"][f"main_{metric}"] for (name, _), r in runs.items() if name == variant])
+            for variant in (row.variant, row.plain)
+        ]
+        cells.append(f"{means[0]:.2f} / {means[1]:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

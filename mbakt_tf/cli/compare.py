@@ -68,11 +68,7 @@ def main(argv):
 
     try:
         variants = list(FLAGS.variants) + (list(comparison.ABLATIONS) if FLAGS.ablations else [])
-        for variant in variants:
-            comparison.variant_config(base_config, variant)
-            reference = comparison.equal_time_reference(variant)
-            if reference is not None and (reference not in variants or "plain" not in variants):
-                raise ValueError(f"--variants: {variant} needs plain and {reference} in --variants too.")
+        comparison.check_variants(base_config, variants)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
 
