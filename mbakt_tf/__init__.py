@@ -18,9 +18,9 @@ TensorFlow are loaded anyway; otherwise, after the first use of
 `mbakt_tf.MBAKT` (or `mbakt_tf.saved_runs.load_mbakt_model`).
 """
 
-import importlib
-import pkgutil
 import sys
+
+from mbakt_tf import lazy_names
 
 __version__ = "0.1.0"
 
@@ -30,24 +30,7 @@ _CLASSES = {
     "MBAKTConfig": "mbakt_tf.config",
     "MBAKTSegmenter": "mbakt_tf.segmentation_model",
 }
-_SUBMODULES = sorted(module.name for module in pkgutil.iter_modules(__path__))
-
-__all__ = sorted(_CLASSES) + _SUBMODULES
-
-
-def __getattr__(name):
-    """Imports a top-level class or a submodule the first time it is asked for."""
-    if name in _CLASSES:
-        value = getattr(importlib.import_module(_CLASSES[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")  # also sets the package attribute
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_names.lazy_package(__name__, __path__, _CLASSES, globals())
 
 
 if "keras" in sys.modules:  # Keras is loaded already: register the classes for keras.models.load_model

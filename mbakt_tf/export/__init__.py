@@ -27,8 +27,7 @@ print(export.format_report(result.manifest))
 ```
 """
 
-import importlib
-import pkgutil
+from mbakt_tf import lazy_names
 
 # The public names of `mbakt_tf.export` and the module that defines each.
 _DEFINED_IN = {
@@ -54,21 +53,4 @@ _DEFINED_IN = {
     ),
 }
 _NAMES = {name: module for module, names in _DEFINED_IN.items() for name in names}
-_SUBMODULES = sorted(module.name for module in pkgutil.iter_modules(__path__))
-
-__all__ = sorted(_NAMES) + _SUBMODULES
-
-
-def __getattr__(name):
-    """Imports a public name's module, or a submodule, the first time it is asked for."""
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")  # also sets the package attribute
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_names.lazy_package(__name__, __path__, _NAMES, globals())
