@@ -78,6 +78,9 @@ def test_equal_time_needs_its_reference_and_plain_first(tmp_path):
             TrainConfig(dataset="synthetic"), MBAKTConfig(), ["plain@byot", "plain", "byot"], [0],
             str(tmp_path), fake_train_fn([]), log=lambda m: None,
         )
+    with pytest.raises(ValueError, match="needs 'plain' and 'byot'"):  # plain after it
+        comparison.check_variants(MBAKTConfig(), ["byot", "plain@byot", "plain"])
+    comparison.check_variants(MBAKTConfig(), ["plain", "byot", "plain@byot"])
     with pytest.raises(ValueError, match="Unknown variant 'mbakt_fast'"):
         comparison.variant_config(MBAKTConfig(), "plain@mbakt_fast")
     assert comparison.run_dir_name("plain@byot:alpha=0.2", 2) == "plain-at-byot-alpha0.2_seed2"
