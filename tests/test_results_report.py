@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -122,6 +123,35 @@ def test_sections_rebuild_from_records_and_check_catches_a_changed_number(tmp_pa
     assert ("headline", None) in stale and ("table", "cmp") in stale
     with pytest.raises(results_report.RecordsNotFoundError, match="no kept records"):
         results_report.render_section("table", "missing", str(results_dir))
+
+
+def _commit_all(repo, message):
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", message], check=True)
+    return subprocess.run(git + ["rev-parse", "--short=7", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_a_comparison_that_mixes_method_code_says_so(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    method_file = tmp_path / results_report.METHOD_FILES[0]
+    method_file.parent.mkdir(parents=True)
+    method_file.write_text("step = 1\n")
+    first = _commit_all(tmp_path, "method")
+    (tmp_path / "README.md").write_text("docs\n")
+    docs_only = _commit_all(tmp_path, "docs only")
+    method_file.write_text("step = 2\n")
+    changed = _commit_all(tmp_path, "method changed")
+
+    runs = {("plain", 0): {"code_commit": first}, ("mbakt_no_kd", 0): {"code_commit": docs_only + "-dirty"}}
+    assert results_report.mixed_code_commits(runs, repo=str(tmp_path)) == {}
+    runs[("plain", 1)] = {"code_commit": changed}
+    runs[("plain", 2)] = {}
+    assert results_report.mixed_code_commits(runs, repo=str(tmp_path)) == {
+        changed: ["plain_seed1"], docs_only: ["mbakt_no_kd_seed0", "plain_seed0"], "unknown": ["plain_seed2"]}
+    assert "Not like for like" in results_report.comparison_table({
+        (v, s): dict(fake_record(0.8, 2, 1.0), **r) for (v, s), r in runs.items()})
 
 
 def test_readme_and_docs_tables_match_the_kept_records():

@@ -9,6 +9,7 @@ scripts/compare.py); the headline table's rows are listed in results/headline.js
 """
 
 import glob
+import os
 import sys
 
 from absl import app, flags
@@ -47,6 +48,11 @@ def main(argv):
         print(f"{path}: {sections} results sections, {len(changed)} {verb}"
               + "".join(f"\n  results:{kind} {arg or ''}" for kind, arg in changed))
         stale += [(path, section) for section in changed]
+    for records_dir in sorted(glob.glob(os.path.join(FLAGS.results_dir, "*", ""))):
+        mixed = results_report.mixed_code_commits(results_report.load_records(records_dir))
+        if mixed:
+            print(f"warning: {records_dir} mixes method code: "
+                  + "; ".join(f"{commit}: {len(names)} runs" for commit, names in mixed.items()), file=sys.stderr)
     if FLAGS.check:
         if stale:
             print("Run `python scripts/report.py` to rebuild them from the records.", file=sys.stderr)
