@@ -61,12 +61,17 @@ train: setup setup-mediapipe data
 train-full: setup setup-mediapipe data
 	$(PY) scripts/train.py --flagfile=flags/fashion_mnist.cfg
 
+# pytest-xdist: one worker per core, a test file at a time (its module-scoped fixtures are built
+# once); PYTEST_WORKERS=0 runs in this process. The slowest tests' times close the output.
+PYTEST_WORKERS ?= auto
+PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test: setup setup-optimize setup-mediapipe
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_XDIST)
 
 # Tests marked slow (real data, longer training).
 test-slow: setup setup-optimize setup-mediapipe data
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest $(PYTEST_XDIST) -m slow
 
 clean:
 	rm -rf $(VENV) $(OPTIMIZE_VENV) $(MEDIAPIPE_VENV) *.egg-info .pytest_cache

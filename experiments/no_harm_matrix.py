@@ -26,20 +26,18 @@ builds, trains and records, not the bar.
 """
 
 import argparse
-import glob
 import json
 import os
 import subprocess
 import time
 
 import keras
-import numpy as np
+
+from mbakt_tf.no_harm_report import BAR, VARIANTS, load_records, table  # noqa: F401 - the table's home
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "results", "no_harm")
-BAR = 0.02  # MBAKT's main head >= plain - BAR (mean of the seeds), issue 21
 SEEDS = (0, 1)
-VARIANTS = ("plain", "peer", "exit")
 TASKS = ("classification", "segmentation")
 
 SCALES = {
@@ -188,44 +186,6 @@ def write_json(path, value):
     with open(tmp, "w") as f:
         json.dump(value, f, indent=1, default=float)
     os.replace(tmp, path)
-
-
-def load_records(out, scale):
-    records = []
-    for path in sorted(glob.glob(os.path.join(out, scale, "*.json"))):
-        with open(path) as f:
-            records.append(json.load(f))
-    return records
-
-
-def table(records, bar=BAR):
-    """The Markdown table: per backbone and task, each variant's mean main-head metric and its gap to plain.
-
-    Example:
-    >>> rows = [dict(backbone="b", task="segmentation", variant=v, seed=s, test=t, inference_mode_gap=[0.0])
-    ...         for v, s, t in [("plain", 0, 0.8), ("plain", 1, 0.9), ("peer", 0, 0.86)]]
-    >>> print(table(rows))  # doctest: +NORMALIZE_WHITESPACE
-    | task | backbone | plain | peer | exit | worst vs plain | max end-of-run mode gap |
-    |---|---|---|---|---|---|---|
-    | segmentation | b | 0.850 (2) | 0.860 (1) | - | +0.010 | 0.000 |
-    """
-    cells = {}
-    for r in records:
-        cells.setdefault((r["task"], r["backbone"]), {}).setdefault(r["variant"], []).append(r)
-    lines = [
-        "| task | backbone | " + " | ".join(VARIANTS) + " | worst vs plain | max end-of-run mode gap |",
-        "|---|---|" + "---|" * len(VARIANTS) + "---|---|",
-    ]
-    order = {name: i for i, name in enumerate(BACKBONES)}
-    for (task, backbone), by_variant in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
-        means = {v: float(np.mean([r["test"] for r in rs])) for v, rs in by_variant.items()}
-        shown = [f"{means[v]:.3f} ({len(by_variant[v])})" if v in means else "-" for v in VARIANTS]
-        deltas = [means[v] - means["plain"] for v in VARIANTS[1:] if v in means and "plain" in means]
-        worst = min(deltas) if deltas else None
-        worst_text = "-" if worst is None else f"{worst:+.3f}" + (" **below bar**" if worst < -bar else "")
-        gap = max(abs(r["inference_mode_gap"][-1]) for rs in by_variant.values() for r in rs)
-        lines.append(f"| {task} | {backbone} | " + " | ".join(shown) + f" | {worst_text} | {gap:.3f} |")
-    return "\n".join(lines)
 
 
 def write_table(out, scale):

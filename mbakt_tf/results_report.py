@@ -7,6 +7,7 @@ generated table with an opening and a closing comment:
     <!-- results:headline -->            the headline table (rows in results/headline.json)
     <!-- results:table <comparison> --> every variant of a comparison, mean ± std over seeds
     <!-- results:gains <comparison> --> paired-by-seed gains over plain, plain at equal time, BYOT, ONE
+    <!-- results:no_harm <scale> -->     the no-harm matrix (results/no_harm/<scale>/, `no_harm_report`)
     <!-- /results -->                    ends any of them
 
 `update_file` rewrites what lies between the markers; `check_file` says which
@@ -244,8 +245,15 @@ def render_section(kind, arg, results_dir):
     """The Markdown a `<!-- results:kind arg -->` section must hold."""
     if kind == "headline":
         return headline_table(load_headline_rows(results_dir), results_dir)
+    if kind == "no_harm":
+        from mbakt_tf import no_harm_report
+
+        records = no_harm_report.load_records(os.path.join(results_dir, "no_harm"), arg or "full")
+        if not records:
+            raise RecordsNotFoundError(f"Section 'results:no_harm {arg}': no no-harm matrix records.")
+        return no_harm_report.table(records) + "\n"
     if kind not in ("table", "gains"):
-        raise ValueError(f"Unknown results section kind {kind!r}: headline, table or gains.")
+        raise ValueError(f"Unknown results section kind {kind!r}: headline, table, gains or no_harm.")
     records_dir = os.path.join(results_dir, arg or "")
     runs = load_records(records_dir)
     if not arg or not runs:

@@ -43,8 +43,11 @@ def tiny_segmenter(backbone="small_resnet8", input_shape=(16, 16, 1), num_classe
     return model
 
 
-def run_mbakt_model_test(model, images, labels, tmp_dir, expected_branches):
-    """Checks heads, shapes, one fit step, evaluate keys, main cut, config and save/load."""
+def run_mbakt_model_test(model, images, labels, tmp_dir, expected_branches, round_trip=True):
+    """Checks heads, shapes, one fit step, evaluate keys, main cut, config and (`round_trip`) save/load.
+
+    Returns the model loaded from its .keras file, or the model itself without `round_trip`.
+    """
     num_classes = model.num_classes
     assert model.branch_names == ["main"] + [f"branch_{k}" for k in range(1, expected_branches + 1)]
 
@@ -69,6 +72,8 @@ def run_mbakt_model_test(model, images, labels, tmp_dir, expected_branches):
     assert restored.config == model.config
     assert restored.branch_names == model.branch_names
     assert restored.count_params() == model.count_params()
+    if not round_trip:
+        return model
 
     path = os.path.join(tmp_dir, "model.keras")
     model.save(path)

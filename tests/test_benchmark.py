@@ -21,6 +21,7 @@ def test_benchmark_times_every_variant_and_its_flops():
     assert "discriminator update" in text and "x plain" in text and "step / FLOPs ratio" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile, mixed_precision", [(True, False), (False, True)])
 def test_benchmark_runs_the_default_design_compiled_and_in_mixed_precision(jit_compile, mixed_precision):
     report = benchmark.benchmark_train_step(

@@ -116,6 +116,28 @@ def test_summary_markdown_and_json(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_script_keeps_records_and_resumes_from_them(tmp_path):
+    """Fast twin of the slow test below: one run, then the same command reads it back."""
+    args = [
+        sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",
+        "--backbone=small_resnet8", "--epochs=1", "--batch_size=8", "--train_limit=16",
+        "--test_limit=8", "--validation_fraction=0.25", "--seeds=0", "--variants=plain",
+        f"--output_dir={tmp_path}", "--run_name=cmp", "--verbose=0", f"--results_dir={tmp_path}/results",
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert os.listdir(tmp_path / "results" / "cmp") == ["plain_seed0.json"]
+    summary = json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]
+    assert summary["plain"]["accuracy"]["main"]["n"] == 1
+    assert (tmp_path / "cmp" / "results.md").read_text().startswith("| variant |")
+    second = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("finished before, read from disk") == 1
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"] == summary
+
+
+@pytest.mark.slow
 def test_compare_script_on_synthetic_data_resumes(tmp_path):
     args = [
         sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",

@@ -76,12 +76,15 @@ images, labels = tiny_batch(batch=8, num_classes=4)
 same_halves = (np.concatenate([images[:4]] * 2), np.concatenate([labels[:4]] * 2))
 one = tf.distribute.OneDeviceStrategy("/cpu:0")
 out = {"replicas": mirrored.num_replicas_in_sync}
+cases = sys.argv[1].split(",")
 # control without precise batch norm (MultiBranchModel.fit), which would set every replica's copy
 # of the moving statistics from the same images: the per-replica copies below are what
 # average_replica_variables reconciles when it is off (precise_batch_norm_examples=0, custom loops).
 for case, sync_bn, eager, (x, y), precise in [("sync_bn", True, False, (images, labels), True),
                                               ("keras_bn", False, True, same_halves, True),
                                               ("control", False, True, (images, labels), False)]:
+    if case not in cases:
+        continue
     a, moved, steps, model = one_step(mirrored, sync_bn, eager, x, y, precise)
     b, _, _, _ = one_step(one, sync_bn, eager, x, y, precise)
     out[case] = {
@@ -107,9 +110,9 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def run_python(code, timeout=600, env=None):
+def run_python(code, *args, timeout=600, env=None):
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
     )
 
@@ -120,13 +123,12 @@ def result_line(process):
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def test_mirrored_on_two_cpus_matches_one_device_after_one_step():
-    out = result_line(run_python(MIRRORED_SCRIPT))
+def check_mirrored(out, cases):
     assert out["replicas"] == 2
     # float32 sums in a different order (two half-batch sums all-reduced vs one
     # sum): observed max |difference| ~1e-6 on weights that move by ~0.25.
     tolerance = 1e-5
-    for case in ("sync_bn", "keras_bn"):
+    for case in {"sync_bn", "keras_bn"} & set(cases):
         assert out[case]["steps"] == [1, 1], out  # one generator and one discriminator update
         assert out[case]["moved"] > 0.05, out  # the step really changed the weights
         assert out[case]["max_abs"] < tolerance, (case, out)
@@ -137,6 +139,20 @@ def test_mirrored_on_two_cpus_matches_one_device_after_one_step():
     assert copies["spread_after"] == 0.0 and copies["mean_error"] < 1e-6, copies
 
 
+def test_mirrored_on_two_cpus_matches_one_device_after_one_step_eagerly():
+    """Fast twin of the slow test below: Keras's default batch norm only, run eagerly (no tracing)."""
+    cases = ["keras_bn", "control"]
+    check_mirrored(result_line(run_python(MIRRORED_SCRIPT, ",".join(cases))), cases)
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpus_matches_one_device_after_one_step():
+    """Also synchronized batch norm, compiled as training runs it."""
+    cases = ["sync_bn", "keras_bn", "control"]
+    check_mirrored(result_line(run_python(MIRRORED_SCRIPT, ",".join(cases))), cases)
+
+
+@pytest.mark.slow
 def test_two_local_workers_train_with_multi_worker_strategy(tmp_path):
     logs = tmp_path / "logs"
     command = [

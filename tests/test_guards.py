@@ -315,6 +315,7 @@ print(json.dumps(all(np.array_equal(a, b) for a, b in zip(*weights))))
 """
 
 
+@pytest.mark.slow  # fast twin: test_inference_mode_gap_guard_changes_no_state
 def test_the_inference_mode_gap_checks_change_nothing_in_the_run():
     # Against a run whose guard only takes its images (at the start, like every run's guard): measuring in
     # both modes at each epoch end leaves weights, statistics and random state exactly as they were.

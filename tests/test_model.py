@@ -25,8 +25,10 @@ class MBAKTModelTest(parameterized.TestCase):
     )
     def test_modes(self, mode, expected_branches, extra=None):
         model = tiny_model(mode=mode, **(extra or {}))
+        # A saved-file round trip per design and mode here; every variant's in `make test-slow`.
+        round_trip = not extra or (extra.get("branch_design") in ("exit", "deep") and "branch_stages" not in extra)
         loaded = run_mbakt_model_test(
-            model, self.images, self.labels, self.create_tempdir().full_path, expected_branches
+            model, self.images, self.labels, self.create_tempdir().full_path, expected_branches, round_trip
         )
         assert (loaded.discriminator is None) == (not model.config.uses_adversary)
         if model.config.uses_adversary:
@@ -247,6 +249,19 @@ class MBAKTModelTest(parameterized.TestCase):
         images, labels = tiny_batch((32, 32, 3), num_classes=3)
         run_mbakt_model_test(model, images, labels, self.create_tempdir().full_path, 2)
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    {"adversarial_input": "features"}, {"adversarial_input": "probabilities", "ensemble": "mean"},
+    {"branch_design": "exit", "branch_stages": (2,)}, {"num_peers": 3, "peer_stages": 2}, {"gamma": 0.0, "beta": 0.0},
+])
+def test_every_variant_survives_a_saved_file_round_trip(extra, tmp_path):
+    model = tiny_model(mode="mbakt", **extra)
+    images, labels = tiny_batch()
+    expected_branches = 1 if "branch_stages" in extra else extra.get("num_peers", 2)
+    loaded = run_mbakt_model_test(model, images, labels, str(tmp_path), expected_branches)
+    assert (loaded.discriminator is None) == (not model.config.uses_adversary)
 
 def tiny_cspdarknet():
     import keras_cv

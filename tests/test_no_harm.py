@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mbakt_tf
-from mbakt_tf import branches, data, resume
+from mbakt_tf import branches, data, no_harm_report, resume
 from mbakt_tf.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +80,7 @@ def test_matrix_table_marks_cells_below_the_bar():
             for v, t, g in [("plain", 0.60, 0.01), ("peer", 0.55, -0.2), ("exit", 0.61, 0.0)]]
     text = matrix.table(rows)
     assert "| classification | cspdarknet | 0.600 (1) | 0.550 (1) | 0.610 (1) | -0.050 **below bar** | 0.200 |" in text
+    assert tuple(matrix.BACKBONES) == no_harm_report.BACKBONE_ORDER  # every family has its row's place
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ def keras_file_arrays(path):
     return arrays
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_same_command_equals_uninterrupted_run(tmp_path):
     # 3 epochs of 6 steps, a backup every 4 steps and at each epoch end. The
     # killed run dies at the end of step 11 (epoch 2, step 5): its newest

@@ -88,7 +88,8 @@ class SegmenterTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
         ("plain", "plain", 0), ("mbakt", "mbakt", 2),  # byot: test_reported_losses_leave_ignored_pixels_out
-        ("mbakt_features_one_branch", "mbakt", 1, {"adversarial_input": "features", "branch_stages": (2,)}),
+        ("mbakt_features_one_branch", "mbakt", 1,
+         {"adversarial_input": "features", "branch_design": "exit", "branch_stages": (2,)}),
     )
     def test_modes(self, mode, expected_branches, extra=None):
         model = tiny_segmenter(mode=mode, **(extra or {}))
@@ -125,8 +126,8 @@ class SegmenterTest(parameterized.TestCase):
         run_segmenter_test(model, self.images, self.labels, self.create_tempdir().full_path, 2)
 
     def test_keras_cv_backbone_heads_are_full_resolution(self):
-        # MobileNetV3: stride-2 first stage, two stages at the same resolution.
-        model = tiny_segmenter("mobilenet_v3_small", input_shape=(32, 32, 3), mode="mbakt")
+        # MobileNetV3: stride-2 first stage, two stages at the same resolution; exit heads on three of them.
+        model = tiny_segmenter("mobilenet_v3_small", input_shape=(32, 32, 3), mode="mbakt", branch_design="exit")
         outputs = model.network(np.zeros((1, 32, 32, 3), "float32"))
         assert len(model.branch_names) == 4
         for branch in model.branch_names:
@@ -221,7 +222,31 @@ def test_miou_and_pixel_accuracy_against_a_known_confusion_matrix():
     assert results["main_accuracy"] == pytest.approx(9 / 12, abs=1e-6)
 
 
+def test_export_main_branch_to_float32_tflite_with_parity(tmp_path):
+    """Fast twin of the slow test below: an untrained segmenter, float32 only."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)
+    model = tiny_segmenter(mode="mbakt")
+    images, labels = tiny_maps()
+    result = export.export_model(
+        model, str(tmp_path / "export"), representative_images=images, test_images=images, test_labels=labels,
+        class_names=[f"c{i}" for i in range(NUM_CLASSES)],
+        config=export.ExportConfig(formats=("float32",), benchmark_runs=0, strict=False))
+    checks = {c["name"]: c["passed"] for c in result.manifest["checks"]}
+    for name in ("saved_model_logit_parity", "float32_logit_parity", "saved_model_parameters_equal_main_model",
+                 "saved_model_no_foreign_variables", "float32_builtin_ops_only",
+                 "float32_weight_op_counts_equal_keras"):
+        assert checks[name], (name, result.manifest["checks"])
+    runner = Interpreter(model_path=result.files["float32"]).get_signature_runner("serving_default")
+    lite = np.concatenate([runner(images=image[None])["logits"] for image in images[:2]])
+    assert lite.shape == (2,) + SHAPE[:2] + (NUM_CLASSES,)
+    np.testing.assert_allclose(lite, model.main_model().predict(images[:2], verbose=0), atol=1e-3)
+
+
+@pytest.mark.slow
 def test_export_main_branch_to_saved_model_and_tflite_with_parity(tmp_path):
+    """Trained (the int8 file's per-pixel agreement means something), float32 and int8."""
     from ai_edge_litert.interpreter import Interpreter
 
     keras.utils.set_random_seed(0)
@@ -338,6 +363,7 @@ def test_comparison_summarizes_and_tabulates_miou(tmp_path):
     assert (tmp_path / "miou.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_scripts_accept_the_segmentation_task(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
