@@ -61,10 +61,10 @@ train: setup setup-mediapipe data
 train-full: setup setup-mediapipe data
 	$(PY) scripts/train.py --flagfile=flags/fashion_mnist.cfg
 
-# pytest-xdist: one worker per core, a test file at a time (its module-scoped fixtures are built
+# pytest-xdist: one worker per core, a test file (or class) at a time (module-scoped fixtures are built
 # once); PYTEST_WORKERS=0 runs in this process. The slowest tests' times close the output.
 PYTEST_WORKERS ?= auto
-PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadscope)
 
 test: setup setup-optimize setup-mediapipe
 	$(PY) -m pytest $(PYTEST_XDIST)

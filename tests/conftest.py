@@ -8,3 +8,16 @@ from absl import flags  # noqa: E402
 # absl's parameterized.TestCase.create_tempdir reads --test_tmpdir; under pytest
 # nobody parses absl flags, so take the defaults.
 flags.FLAGS.mark_as_parsed()
+
+
+# pytest-xdist hands out test files in collection order: the heaviest first, so that no worker is
+# left with a long file while the other idles (`make test`, docs/contributing.md).
+HEAVIEST_FIRST = (
+    "test_export.py", "test_optimize.py", "test_model.py", "test_segmentation.py", "test_distribute.py",
+    "test_keras_hub.py", "test_guards.py", "test_mediapipe.py", "test_resume.py", "test_tensorboard.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept

@@ -116,8 +116,8 @@ def test_summary_markdown_and_json(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_script_keeps_records_and_resumes_from_them(tmp_path):
-    """Fast twin of the slow test below: one run, then the same command reads it back."""
+def test_compare_script_keeps_a_record_of_its_run(tmp_path):
+    """Fast twin of the slow test below: one run through the script."""
     args = [
         sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",
         "--backbone=small_resnet8", "--epochs=1", "--batch_size=8", "--train_limit=16",
@@ -131,10 +131,7 @@ def test_compare_script_keeps_records_and_resumes_from_them(tmp_path):
     summary = json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"]
     assert summary["plain"]["accuracy"]["main"]["n"] == 1
     assert (tmp_path / "cmp" / "results.md").read_text().startswith("| variant |")
-    second = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("finished before, read from disk") == 1
-    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["summary"] == summary
+    # Resuming from the kept record without training: test_records_are_kept_and_a_comparison_resumes_from_them_elsewhere.
 
 
 @pytest.mark.slow

@@ -85,6 +85,12 @@ def test_readme_is_a_front_page():
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move text to docs/"
 
 
+def test_readme_opens_with_the_two_commands():
+    first_block = _read(README).split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make train", "make test"], f"README's first bash block runs {commands}"
+
+
 @pytest.mark.parametrize("guide", GUIDES)
 def test_every_guide_exists_and_the_readme_links_it(guide):
     assert os.path.isfile(os.path.join(ROOT, "docs", guide)), f"docs/{guide} is missing"

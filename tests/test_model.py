@@ -243,11 +243,6 @@ class MBAKTModelTest(parameterized.TestCase):
             header = f.readline()
         assert "val_branch_2_accuracy" in header and "d_balanced_accuracy" in header
 
-    def test_keras_cv_backbone_object(self):
-        model = mbakt_tf.MBAKT.from_backbone(tiny_cspdarknet(), num_classes=3)  # peers by default
-        model.compile()
-        images, labels = tiny_batch((32, 32, 3), num_classes=3)
-        run_mbakt_model_test(model, images, labels, self.create_tempdir().full_path, 2)
 
 
 
@@ -272,9 +267,9 @@ def tiny_cspdarknet():
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("design, expected_branches", [("exit", 3), ("deep", 3)])
-def test_keras_cv_backbone_object_other_designs(design, expected_branches, tmp_path):
+@pytest.mark.slow  # fast twins: test_named_backbones_build_and_expose_stages[cspdarknet_tiny], tests/test_keras_hub.py
+@pytest.mark.parametrize("design, expected_branches", [("peer", 2), ("exit", 3), ("deep", 3)])
+def test_keras_cv_backbone_object_every_design(design, expected_branches, tmp_path):
     model = mbakt_tf.MBAKT.from_backbone(
         tiny_cspdarknet(), num_classes=3, config=mbakt_tf.MBAKTConfig(branch_design=design)
     )
