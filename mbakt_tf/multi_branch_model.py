@@ -294,6 +294,7 @@ class MultiBranchModel(keras.Model):
 
     def _check_label_shape(self, images, labels):
         """Task-specific checks of a batch's label shape against its images (none here)."""
+        del images, labels  # a body AutoGraph can convert (a docstring alone is not one)
 
     def _generator_terms(self, labels, outputs, logits, teacher, ensemble):
         cfg = self.config

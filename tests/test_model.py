@@ -390,3 +390,15 @@ def test_keras_then_mbakt_tf_is_enough_to_load_a_saved_model(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "MBAKT"
+
+
+def test_every_method_the_train_step_calls_converts_with_autograph():
+    # A method whose body is only a docstring fails AutoGraph's conversion; tracing then warns and
+    # runs it unconverted (seen under `scripts/benchmark.py --jit_compile`).
+    import tensorflow as tf
+
+    from mbakt_tf.multi_branch_model import MultiBranchModel
+    from mbakt_tf.segmentation_model import MBAKTSegmenter
+
+    for method in (MultiBranchModel._check_label_shape, MBAKTSegmenter._check_label_shape):
+        tf.autograph.to_graph(method)
