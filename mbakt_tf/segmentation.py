@@ -28,7 +28,7 @@ per-pixel ce / kd apply unchanged.
 Decoder steps are numbered like backbone stages in `branches`: 1 is the
 shallowest (coarsest, fewest layers), the last one carries the main head, and
 `branch_stages` picks the steps that get a branch (default: the three before
-the last). The network is one functional `keras.Model` with the same dict
+the last; for `"exit"`, those no coarser than 1/8 of the input, see `default_exit_steps`). The network is one functional `keras.Model` with the same dict
 contract as `branches.build_multi_branch_network`, so `MBAKT`'s machinery,
 `branches.main_branch_model` and `branches.branch_model` work on it:
 `main_logits` (B, H, W, K), `main_features`, `branch_k_logits` (B, H, W, K),
@@ -163,6 +163,30 @@ def warn_coarse_exits(chosen, sizes, input_size):
     return coarse
 
 
+def default_exit_steps(chosen, sizes, input_size):
+    """The default exit steps: `chosen` without the steps coarser than `MIN_EXIT_RESOLUTION` of the
+    input (logged at INFO level), or the finest one when all are.
+
+    On the keras-cv CSPDarkNet segmenter of docs/no_harm.md, exits on steps 1-3 (1x1, 2x2, 4x4 on
+    32x32 images) scored 0.880 test mIoU against plain's 0.925; the 4x4 step's exit alone, 0.948
+    (2 seeds each).
+
+    Example:
+    >>> default_exit_steps([1, 2, 3], [(1, 1), (2, 2), (4, 4)], (32, 32))
+    [3]
+    >>> default_exit_steps([1, 2], [(7, 7), (14, 14)], (28, 28))
+    [1, 2]
+    """
+    coarse = [step for step, (h, w) in zip(chosen, sizes)
+              if h < input_size[0] * MIN_EXIT_RESOLUTION or w < input_size[1] * MIN_EXIT_RESOLUTION]
+    kept = [step for step in chosen if step not in coarse] or [chosen[-1]]
+    if coarse:
+        logger.info("branch_design='exit': no default exit head on decoder steps %s (coarser than 1/%d of "
+                    "the %dx%d input, docs/no_harm.md); exits on steps %s.", [s for s in coarse if s not in kept],
+                    round(1 / MIN_EXIT_RESOLUTION), input_size[0], input_size[1], kept)
+    return kept
+
+
 def build_segmentation_network(
     backbone,
     num_classes,
@@ -240,7 +264,11 @@ def build_segmentation_network(
     if branch_design == "exit":
         separable = branches_lib.separable_adaptation(backbone, adaptation)
         chosen = branches_lib.resolve_branch_stages(len(steps), branch_stages)
-        warn_coarse_exits(chosen, [tuple(steps[s - 1].shape[1:3]) for s in chosen], (height, width))
+        sizes = [tuple(steps[s - 1].shape[1:3]) for s in chosen]
+        if branch_stages is None:
+            chosen = default_exit_steps(chosen, sizes, (height, width))
+        else:
+            warn_coarse_exits(chosen, sizes, (height, width))
         for k, step in enumerate(chosen, start=1):
             branch = f"branch_{k}"
             features = steps[step - 1]

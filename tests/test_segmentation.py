@@ -126,10 +126,15 @@ class SegmenterTest(parameterized.TestCase):
         run_segmenter_test(model, self.images, self.labels, self.create_tempdir().full_path, 2)
 
     def test_keras_cv_backbone_heads_are_full_resolution(self):
-        # MobileNetV3: stride-2 first stage, two stages at the same resolution; exit heads on three of them.
+        # MobileNetV3: stride-2 first stage, two stages at the same resolution. Of the three default exit
+        # steps, the one at 2x2 (under 1/8 of the 32x32 input) gets no head unless named.
         model = tiny_segmenter("mobilenet_v3_small", input_shape=(32, 32, 3), mode="mbakt", branch_design="exit")
-        outputs = model.network(np.zeros((1, 32, 32, 3), "float32"))
-        assert len(model.branch_names) == 4
+        assert len(model.branch_names) == 3
+        named = tiny_segmenter("mobilenet_v3_small", input_shape=(32, 32, 3), mode="mbakt", branch_design="exit",
+                               branch_stages=(1, 2, 3))
+        assert len(named.branch_names) == 4
+        outputs = named.network(np.zeros((1, 32, 32, 3), "float32"))
+        model = named
         for branch in model.branch_names:
             assert tuple(outputs[f"{branch}_logits"].shape) == (1, 32, 32, NUM_CLASSES)
             assert outputs[f"{branch}_features"].shape == outputs["main_features"].shape
