@@ -102,19 +102,29 @@ def test_every_cell_of_the_no_harm_matrix_trains_and_is_recorded(tmp_path):
     json.loads((tmp_path / "tiny" / "segmentation__cspdarknet__exit__seed0.json").read_text())
 
 
-def test_exit_heads_on_decoder_steps_a_few_pixels_wide_are_named_in_a_warning(caplog):
+def test_exit_heads_on_decoder_steps_a_few_pixels_wide_are_left_out_by_default_and_named_in_a_warning(caplog):
     # The matrix's losing cell: exit heads at 1x1 and 2x2 on a CSPDarkNet segmenter (32x32 inputs).
     import keras_cv
 
-    backbone = keras_cv.models.CSPDarkNetBackbone(
-        stackwise_channels=[16, 32, 64, 128], stackwise_depth=[1, 1, 1, 1], include_rescaling=True,
-        input_shape=(32, 32, 3))
-    with caplog.at_level("WARNING", logger="mbakt_tf.segmentation"):
-        mbakt_tf.MBAKT.from_backbone(backbone, 4, (32, 32, 3), task="segmentation",
-                                     config=mbakt_tf.MBAKTConfig(branch_design="exit"))
+    def cspdarknet():
+        return keras_cv.models.CSPDarkNetBackbone(
+            stackwise_channels=[16, 32, 64, 128], stackwise_depth=[1, 1, 1, 1], include_rescaling=True,
+            input_shape=(32, 32, 3))
+
+    with caplog.at_level("INFO", logger="mbakt_tf.segmentation"):
+        model = mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4, (32, 32, 3), task="segmentation",
+                                             config=mbakt_tf.MBAKTConfig(branch_design="exit"))
+    assert model.branch_names == ["main", "branch_1"]  # the 4x4 step's exit only
+    assert "no default exit head on decoder steps [1, 2]" in caplog.text and "exit heads on" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mbakt_tf.segmentation"):  # named: built, with a warning
+        model = mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4, (32, 32, 3), task="segmentation",
+                                             config=mbakt_tf.MBAKTConfig(branch_design="exit", branch_stages=(1, 2, 3)))
+    assert len(model.branch_names) == 4
     assert "exit heads on decoder step 1 at 1x1, step 2 at 2x2 predict a 32x32 map" in caplog.text
     assert "branch_design='peer'" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="mbakt_tf.segmentation"):  # small_resnet8: steps at 1/4 and up
-        mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (28, 28, 1), task="segmentation")
-    assert "exit heads" not in caplog.text
+    with caplog.at_level("INFO", logger="mbakt_tf.segmentation"):  # small_resnet8: steps at 1/4 and up
+        mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (28, 28, 1), task="segmentation",
+                                     config=mbakt_tf.MBAKTConfig(branch_design="exit"))
+    assert "exit head" not in caplog.text
