@@ -26,6 +26,13 @@ BACKBONE_ORDER = ("small_resnet8", "kcv_resnet", "cspdarknet", "mobilenet_v3", "
 
 
 def load_records(out, scale):
+    """Every run record of the matrix at `scale` under `out` (a list of dicts, by file name).
+
+    Example:
+    >>> import tempfile
+    >>> load_records(tempfile.mkdtemp(), "full")
+    []
+    """
     records = []
     for path in sorted(glob.glob(os.path.join(out, scale, "*.json"))):
         with open(path) as f:

@@ -28,7 +28,8 @@ per-pixel ce / kd apply unchanged.
 Decoder steps are numbered like backbone stages in `branches`: 1 is the
 shallowest (coarsest, fewest layers), the last one carries the main head, and
 `branch_stages` picks the steps that get a branch (default: the three before
-the last; for `"exit"`, those no coarser than 1/8 of the input, see `default_exit_steps`). The network is one functional `keras.Model` with the same dict
+the last; for `"exit"`, those of them no coarser than 1/8 of the input, see
+`default_exit_steps`). The network is one functional `keras.Model` with the same dict
 contract as `branches.build_multi_branch_network`, so `MBAKT`'s machinery,
 `branches.main_branch_model` and `branches.branch_model` work on it:
 `main_logits` (B, H, W, K), `main_features`, `branch_k_logits` (B, H, W, K),
@@ -143,6 +144,12 @@ def hint_adaptation_block(features, target_shape, separable, name):
     return resize_to(x, height, width, name=f"{name}_upsample")
 
 
+def _coarse_steps(chosen, sizes, input_size):
+    """The steps of `chosen` whose (height, width) in `sizes` is under `MIN_EXIT_RESOLUTION` of the input's."""
+    return [step for step, (h, w) in zip(chosen, sizes)
+            if h < input_size[0] * MIN_EXIT_RESOLUTION or w < input_size[1] * MIN_EXIT_RESOLUTION]
+
+
 def warn_coarse_exits(chosen, sizes, input_size):
     """Warns (naming them and the alternative) about exit heads on decoder steps coarser than
     `MIN_EXIT_RESOLUTION` of the input; returns their step indices.
@@ -151,8 +158,7 @@ def warn_coarse_exits(chosen, sizes, input_size):
     >>> warn_coarse_exits([1, 2, 3], [(1, 1), (2, 2), (4, 4)], (32, 32))  # logs a warning
     [1, 2]
     """
-    coarse = [step for step, (h, w) in zip(chosen, sizes)
-              if h < input_size[0] * MIN_EXIT_RESOLUTION or w < input_size[1] * MIN_EXIT_RESOLUTION]
+    coarse = _coarse_steps(chosen, sizes, input_size)
     if coarse:
         shown = ", ".join(f"step {s} at {h}x{w}" for s, (h, w) in zip(chosen, sizes) if s in coarse)
         logger.warning(
@@ -177,8 +183,7 @@ def default_exit_steps(chosen, sizes, input_size):
     >>> default_exit_steps([1, 2], [(7, 7), (14, 14)], (28, 28))
     [1, 2]
     """
-    coarse = [step for step, (h, w) in zip(chosen, sizes)
-              if h < input_size[0] * MIN_EXIT_RESOLUTION or w < input_size[1] * MIN_EXIT_RESOLUTION]
+    coarse = _coarse_steps(chosen, sizes, input_size)
     kept = [step for step in chosen if step not in coarse] or [chosen[-1]]
     if coarse:
         logger.info("branch_design='exit': no default exit head on decoder steps %s (coarser than 1/%d of "
