@@ -29,7 +29,6 @@ import glob
 import json
 import os
 import re
-import subprocess
 
 import numpy as np
 
@@ -131,46 +130,26 @@ def comparison_table(runs, variants=None):
     return "\n".join(lines) + "\n"
 
 
-# The files that decide what a training run computes; commits that agree on them run alike.
-METHOD_FILES = (
-    "mbakt_tf/model.py", "mbakt_tf/multi_branch_model.py", "mbakt_tf/segmentation_model.py",
-    "mbakt_tf/branches.py", "mbakt_tf/losses.py", "mbakt_tf/discriminator.py", "mbakt_tf/backbones.py",
-    "mbakt_tf/config.py", "mbakt_tf/custom_loop.py", "mbakt_tf/segmentation.py", "mbakt_tf/training.py",
-    "mbakt_tf/data/augment.py", "mbakt_tf/data/pipeline.py", "mbakt_tf/data/classification.py",
-    "mbakt_tf/data/fashion_mnist.py", "mbakt_tf/data/synthetic.py", "mbakt_tf/data/split_plan.py",
-)
-
-
-def _same_method_code(commit_a, commit_b, repo="."):
-    """True when git says the two commits agree on `METHOD_FILES`; False when they differ or git cannot tell."""
-    try:
-        result = subprocess.run(
-            ["git", "diff", "--quiet", commit_a, commit_b, "--", *METHOD_FILES], cwd=repo,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-    except OSError:
-        return False
-    return result.returncode == 0
-
-
-def mixed_code_commits(runs, repo="."):
+def mixed_code_commits(runs):
     """{code commit: [run names]} when a comparison's runs ran different method code, else {}.
 
-    Runs group by the commit their process loaded (`code_commit`, a trailing "-dirty" dropped);
-    commits whose `METHOD_FILES` git finds identical join one group. A record without
-    `code_commit` counts as "unknown", which matches nothing.
+    Runs group by their record's `method_code` (`run_timing.method_code_fingerprint` of the
+    method's files, taken when the run's process started); a record without one groups by its
+    `code_commit` ("unknown" without either). Each group is named by its first run's commit.
 
     Example:
-    >>> mixed_code_commits({("plain", 0): {"code_commit": "d7b5953"}, ("one", 0): {"code_commit": "476254f"}})
-    {'476254f': ['one_seed0'], 'd7b5953': ['plain_seed0']}
+    >>> mixed_code_commits({("plain", 0): {"code_commit": "d7b5953aa", "method_code": "a1"},
+    ...                     ("one", 0): {"code_commit": "476254fbb", "method_code": "b2"},
+    ...                     ("one", 1): {"code_commit": "83d118ccc", "method_code": "a1"}})
+    {'476254f': ['one_seed0'], 'd7b5953': ['plain_seed0', 'one_seed1']}
     """
-    groups = {}
+    groups, names = {}, {}
     for (variant, seed), record in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
-        commit = (record.get("code_commit") or "unknown").removesuffix("-dirty")
-        commit = commit if commit == "unknown" else commit[:7]
-        same = next((known for known in groups if "unknown" not in (known, commit)
-                     and (known == commit or _same_method_code(known, commit, repo))), commit)
-        groups.setdefault(same, []).append(f"{variant}_seed{seed}")
-    return dict(sorted(groups.items())) if len(groups) > 1 else {}
+        commit = (record.get("code_commit") or "unknown")[:7]
+        key = record.get("method_code") or f"commit {commit}"
+        names.setdefault(key, commit)
+        groups.setdefault(key, []).append(f"{variant}_seed{seed}")
+    return dict(sorted((names[key], runs_of) for key, runs_of in groups.items())) if len(groups) > 1 else {}
 
 
 def gains_table(runs):

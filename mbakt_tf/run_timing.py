@@ -15,6 +15,7 @@ timer.summary()   # {"epoch_seconds": [...], "train_epoch_seconds": [...], "step
 ```
 """
 
+import hashlib
 import os
 import subprocess
 import time
@@ -125,4 +126,44 @@ def _read_commit(directory):
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+# The files that decide what a training run computes (paths from the repository root): two runs whose
+# `method_code` fingerprints agree ran the same method, whatever else differed between their commits.
+METHOD_FILES = (
+    "mbakt_tf/model.py", "mbakt_tf/multi_branch_model.py", "mbakt_tf/segmentation_model.py",
+    "mbakt_tf/branches.py", "mbakt_tf/losses.py", "mbakt_tf/discriminator.py", "mbakt_tf/backbones.py",
+    "mbakt_tf/config.py", "mbakt_tf/custom_loop.py", "mbakt_tf/segmentation.py", "mbakt_tf/training.py",
+    "mbakt_tf/data/augment.py", "mbakt_tf/data/pipeline.py", "mbakt_tf/data/classification.py",
+    "mbakt_tf/data/fashion_mnist.py", "mbakt_tf/data/synthetic.py", "mbakt_tf/data/split_plan.py",
+)
+
+
+def method_code_fingerprint(read_file):
+    """A 12-hex-digit fingerprint of `METHOD_FILES`' contents; `read_file(path) -> bytes or None`.
+
+    Example:
+    >>> method_code_fingerprint(lambda path: b"same") == method_code_fingerprint(lambda path: b"same")
+    True
+    >>> method_code_fingerprint(lambda path: b"a") == method_code_fingerprint(lambda path: b"b")
+    False
+    """
+    digest = hashlib.sha256()
+    for path in METHOD_FILES:
+        content = read_file(path)
+        digest.update(path.encode() + b"\0" + (b"<missing>" if content is None else content) + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _read_from(root):
+    def read(path):
+        try:
+            with open(os.path.join(root, path), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    return read
+
+
 LOADED_FROM_COMMIT = _read_commit(os.path.dirname(os.path.abspath(__file__)))
+# Read at import, like the commit: the method code this process runs.
+LOADED_METHOD_CODE = method_code_fingerprint(_read_from(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

@@ -296,6 +296,7 @@ def train(train_config, mbakt_config, callbacks=(), splits=None, strategy=None):
         "train_seconds": train_seconds,
         "timing": timer.summary(),
         "code_commit": run_timing.code_commit(),
+        "method_code": run_timing.LOADED_METHOD_CODE,
         "distribution": {
             "strategy": train_config.strategy,
             "replicas": int(strategy.num_replicas_in_sync),

@@ -3,7 +3,7 @@
 import glob
 import json
 import os
-import subprocess
+import pathlib
 
 import pytest
 
@@ -12,6 +12,7 @@ from mbakt_tf.config import MBAKTConfig
 from mbakt_tf.training import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT_PATH = pathlib.Path(ROOT)
 
 
 def fake_record(accuracy, epochs, epoch_seconds):
@@ -125,31 +126,27 @@ def test_sections_rebuild_from_records_and_check_catches_a_changed_number(tmp_pa
         results_report.render_section("table", "missing", str(results_dir))
 
 
-def _commit_all(repo, message):
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(git + ["add", "-A"], check=True)
-    subprocess.run(git + ["commit", "-qm", message], check=True)
-    return subprocess.run(git + ["rev-parse", "--short=7", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def test_a_comparison_that_mixes_method_code_says_so(tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    method_file = tmp_path / results_report.METHOD_FILES[0]
-    method_file.parent.mkdir(parents=True)
-    method_file.write_text("step = 1\n")
-    first = _commit_all(tmp_path, "method")
-    (tmp_path / "README.md").write_text("docs\n")
-    docs_only = _commit_all(tmp_path, "docs only")
-    method_file.write_text("step = 2\n")
-    changed = _commit_all(tmp_path, "method changed")
+    # The fingerprint of a copy of the method's files, before and after one of them changes.
+    for path in run_timing.METHOD_FILES:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes((ROOT_PATH / path).read_bytes())
+    before = run_timing.method_code_fingerprint(run_timing._read_from(str(tmp_path)))
+    assert before == run_timing.LOADED_METHOD_CODE  # what this process runs
+    (tmp_path / "README.md").write_text("not a method file\n")
+    assert run_timing.method_code_fingerprint(run_timing._read_from(str(tmp_path))) == before
+    with open(tmp_path / run_timing.METHOD_FILES[0], "a") as f:
+        f.write("\n# changed\n")
+    after = run_timing.method_code_fingerprint(run_timing._read_from(str(tmp_path)))
+    assert after != before
 
-    runs = {("plain", 0): {"code_commit": first}, ("mbakt_no_kd", 0): {"code_commit": docs_only + "-dirty"}}
-    assert results_report.mixed_code_commits(runs, repo=str(tmp_path)) == {}
-    runs[("plain", 1)] = {"code_commit": changed}
+    runs = {("plain", 0): {"code_commit": "aaaaaaa1", "method_code": before},
+            ("mbakt_no_kd", 0): {"code_commit": "bbbbbbb2-dirty", "method_code": before}}
+    assert results_report.mixed_code_commits(runs) == {}  # two commits, one method
+    runs[("plain", 1)] = {"code_commit": "ccccccc3", "method_code": after}
     runs[("plain", 2)] = {}
-    assert results_report.mixed_code_commits(runs, repo=str(tmp_path)) == {
-        changed: ["plain_seed1"], docs_only: ["mbakt_no_kd_seed0", "plain_seed0"], "unknown": ["plain_seed2"]}
+    assert results_report.mixed_code_commits(runs) == {
+        "bbbbbbb": ["mbakt_no_kd_seed0", "plain_seed0"], "ccccccc": ["plain_seed1"], "unknown": ["plain_seed2"]}
     assert "Not like for like" in results_report.comparison_table({
         (v, s): dict(fake_record(0.8, 2, 1.0), **r) for (v, s), r in runs.items()})
 
