@@ -137,7 +137,7 @@ def config_for(variant):
 def run_cell(backbone, task, variant, seed, scale):
     """Trains one cell; returns its record (a dict)."""
     import mbakt_tf
-    from mbakt_tf import guards
+    from mbakt_tf import guards, run_timing
 
     keras.utils.set_random_seed(seed)
     splits = load(task, scale, seed)
@@ -165,6 +165,7 @@ def run_cell(backbone, task, variant, seed, scale):
         "guard_events": guard.events,
         "fit_seconds": round(seconds, 1),
         "code_commit": _commit(),
+        "method_code": run_timing.LOADED_METHOD_CODE,
     }
 
 
