@@ -17,8 +17,10 @@ import keras_cv
 import mbakt_tf
 from mbakt_tf import data, guards
 
+# The segmenter's design then: exit heads on decoder steps 1 and 2 (the default until the no-harm matrix,
+# docs/no_harm.md), the mean ensemble, probabilities to an unconditioned discriminator.
 OLD_DESIGN = dict(ensemble="mean", alpha=0.2, adversarial_input="probabilities", discriminator_condition="none",
-                  distillation_warmup_steps=0)
+                  distillation_warmup_steps=0, branch_design="exit", branch_stages=(1, 2))
 CONFIGS = {
     "plain": dict(mode="plain"),
     "default": dict(),

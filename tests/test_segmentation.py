@@ -425,9 +425,7 @@ def test_keras_cv_segmenter_is_not_erased_by_the_adversary(caplog):
 
     miou, events = run(mbakt_tf.MBAKTConfig(mode="mbakt"))
     assert miou >= 0.85 and events == []
-    old_design = mbakt_tf.MBAKTConfig(
-        mode="mbakt", ensemble="mean", alpha=0.2, adversarial_input="probabilities",
-        discriminator_condition="none", distillation_warmup_steps=0, max_adversarial_grad_ratio=None)
+    old_design = mbakt_tf.MBAKTConfig(**experiment["CONFIGS"]["old_design_uncapped"])  # exit heads on steps 1, 2
     with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
         miou, events = run(old_design)
     assert miou < 0.5 and len(events) == 1 and "adversarial takeover" in caplog.text
