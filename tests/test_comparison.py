@@ -116,14 +116,19 @@ def test_summary_markdown_and_json(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_script_keeps_a_record_of_its_run(tmp_path):
-    """Fast twin of the slow test below: one run through the script."""
-    args = [
+def compare_script_args(tmp_path, batch_size, train_limit, test_limit, seeds, variants):
+    """`scripts/compare.py` on synthetic data, one epoch, its outputs and records under `tmp_path`."""
+    return [
         sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",
-        "--backbone=small_resnet8", "--epochs=1", "--batch_size=8", "--train_limit=16",
-        "--test_limit=8", "--validation_fraction=0.25", "--seeds=0", "--variants=plain",
+        "--backbone=small_resnet8", "--epochs=1", f"--batch_size={batch_size}", f"--train_limit={train_limit}",
+        f"--test_limit={test_limit}", "--validation_fraction=0.25", f"--seeds={seeds}", f"--variants={variants}",
         f"--output_dir={tmp_path}", "--run_name=cmp", "--verbose=0", f"--results_dir={tmp_path}/results",
     ]
+
+
+def test_compare_script_keeps_a_record_of_its_run(tmp_path):
+    """Fast twin of the slow test below: one run through the script."""
+    args = compare_script_args(tmp_path, batch_size=8, train_limit=16, test_limit=8, seeds="0", variants="plain")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -136,12 +141,8 @@ def test_compare_script_keeps_a_record_of_its_run(tmp_path):
 
 @pytest.mark.slow
 def test_compare_script_on_synthetic_data_resumes(tmp_path):
-    args = [
-        sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--dataset=synthetic",
-        "--backbone=small_resnet8", "--epochs=1", "--batch_size=16", "--train_limit=32",
-        "--test_limit=16", "--validation_fraction=0.25", "--seeds=0,1", "--variants=plain,mbakt",
-        f"--output_dir={tmp_path}", "--run_name=cmp", "--verbose=0", f"--results_dir={tmp_path}/results",
-    ]
+    args = compare_script_args(tmp_path, batch_size=16, train_limit=32, test_limit=16, seeds="0,1",
+                               variants="plain,mbakt")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
