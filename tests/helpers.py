@@ -15,7 +15,11 @@ def tiny_batch(input_shape=(16, 16, 1), num_classes=4, batch=8, seed=0):
     return images, labels
 
 
-def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4, **config_kwargs):
+def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4, run_eagerly=False,
+               **config_kwargs):
+    """`run_eagerly`: the train step runs as Python, untraced; for tests of its arithmetic over a few
+    steps (tracing costs seconds, an eager step a fraction of one). `test_train_step_is_the_same_traced_and_eager`
+    holds the two equal."""
     config_kwargs.setdefault("adversarial_warmup_steps", 0)
     config_kwargs.setdefault("distillation_warmup_steps", 0)
     model = mbakt_tf.MBAKT.from_backbone(
@@ -24,7 +28,7 @@ def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4,
     )
     model.compile(
         g_optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-        d_optimizer=keras.optimizers.Adam(1e-3),
+        d_optimizer=keras.optimizers.Adam(1e-3), run_eagerly=run_eagerly,
     )
     return model
 

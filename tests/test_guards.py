@@ -270,7 +270,6 @@ def test_inference_mode_gap_guard_changes_no_state():
     keras.utils.set_random_seed(0)
     images, labels = synthetic.make_synthetic(num_classes=4, image_shape=(16, 16, 1), num_examples=32)
     model = helpers.tiny_model(mode="mbakt")
-    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
     guard = guards.InferenceModeGapGuard((images, labels))
     guard.set_model(model)
     before = [np.array(v) for v in model.variables]

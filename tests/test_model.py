@@ -81,7 +81,7 @@ class MBAKTModelTest(parameterized.TestCase):
 
     def test_gated_objective_adds_the_ensembles_cross_entropy(self):
         model = tiny_model(mode="mbakt", ensemble="gated", alpha=0.3, beta=0.0, gamma=0.0)
-        model.compile(g_optimizer=keras.optimizers.SGD(0.0))
+        model.compile(g_optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
         outputs = model.network(self.images, training=True)
         logits = [outputs[f"{b}_logits"] for b in model.branch_names]
         gate = np.array(outputs["gate"])
@@ -152,7 +152,7 @@ class MBAKTModelTest(parameterized.TestCase):
             model = tiny_model(mode="mbakt")
             g_lr, d_lr = (0.0, 1e-2) if frozen == "generator" else (0.1, 0.0)
             model.compile(
-                g_optimizer=keras.optimizers.SGD(g_lr), d_optimizer=keras.optimizers.SGD(d_lr)
+                g_optimizer=keras.optimizers.SGD(g_lr), d_optimizer=keras.optimizers.SGD(d_lr), run_eagerly=True
             )
             network_before = snapshot(model.network.trainable_variables)
             d_before = snapshot(model.discriminator.trainable_variables)
@@ -168,8 +168,25 @@ class MBAKTModelTest(parameterized.TestCase):
             assert int(model.optimizer.iterations) == 1
             assert int(model.d_optimizer.iterations) == 1
 
+    def test_train_step_is_the_same_traced_and_eager(self):
+        # The arithmetic tests here run the step eagerly (`tiny_model(run_eagerly=True)`): this holds
+        # them to the traced step, with every loss, the ramps, the cap and both optimizers in play.
+        logs, weights = {}, {}
+        for eager in (False, True):
+            keras.utils.set_random_seed(0)
+            model = tiny_model(mode="mbakt", distillation_warmup_steps=3, adversarial_warmup_steps=3,
+                               max_adversarial_grad_ratio=1e-3, run_eagerly=eager)
+            for _ in range(2):
+                logs[eager] = model.train_on_batch(self.images, self.labels, return_dict=True)
+            weights[eager] = [np.array(w) for w in model.weights + model.discriminator.weights]
+        assert set(logs[True]) == set(logs[False]) and "adv_scale" in logs[True]
+        for key, value in logs[False].items():
+            np.testing.assert_allclose(logs[True][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+        for traced, eager in zip(weights[False], weights[True]):
+            np.testing.assert_allclose(eager, traced, rtol=1e-4, atol=1e-5)
+
     def test_discriminator_steps_run_that_many_updates(self):
-        model = tiny_model(mode="mbakt", discriminator_steps=3)
+        model = tiny_model(mode="mbakt", discriminator_steps=3, run_eagerly=True)
         model.train_on_batch(self.images, self.labels)
         assert int(model.d_optimizer.iterations) == 3
 
@@ -179,7 +196,7 @@ class MBAKTModelTest(parameterized.TestCase):
             mode=mode, alpha=0.3, beta=0.2, gamma=0.5, branch_design="exit", ensemble="mean",
             adversarial_input="probabilities", discriminator_condition="none",
         )
-        model.compile(g_optimizer=keras.optimizers.SGD(0.0), d_optimizer=keras.optimizers.SGD(0.0))
+        model.compile(g_optimizer=keras.optimizers.SGD(0.0), d_optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
         outputs = model.network(self.images, training=True)
         logits = [outputs[f"{b}_logits"] for b in model.branch_names]
         ce = [float(losses.cross_entropy(self.labels, z)) for z in logits]
@@ -215,7 +232,7 @@ class MBAKTModelTest(parameterized.TestCase):
         ("distillation_weight", {"alpha": 0.4, "distillation_warmup_steps": 4}),
     )
     def test_loss_weight_ramps_up(self, weight, config):
-        model = tiny_model(mode="mbakt", **config)
+        model = tiny_model(mode="mbakt", run_eagerly=True, **config)
         weights = []
         for _ in range(5):
             weights.append(float(getattr(model, weight)()))
@@ -371,7 +388,7 @@ def test_lambda_activations_are_replaced_without_changing_outputs():
 @pytest.mark.parametrize("cap", [1e-4, None])
 def test_adversarial_gradient_is_capped_relative_to_cross_entropy(cap):
     images, labels = tiny_batch()
-    model = tiny_model(gamma=10.0, max_adversarial_grad_ratio=cap)
+    model = tiny_model(gamma=10.0, max_adversarial_grad_ratio=cap, run_eagerly=True)
     logs = model.train_on_batch(images, labels, return_dict=True)
     if cap is None:
         assert logs["adv_scale"] == pytest.approx(1.0) and logs["adv_grad_ratio"] > 1e-3

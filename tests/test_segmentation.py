@@ -123,6 +123,9 @@ class SegmenterTest(parameterized.TestCase):
         assert not np.allclose(np.asarray(layers["branch_1_decoder_step3_conv"].kernel),
                                np.asarray(layers["decoder_step3_conv"].kernel))
         assert len(model.branch_names) == 3  # two peers, or one deep branch per step 1 and 2
+        if design == "peer":  # the default design: test_modes_mbakt trains and round-trips it
+            assert tiny_segmenter(mode="mbakt").config.resolved_branch_design("segmentation") == "peer"
+            return
         run_segmenter_test(model, self.images, self.labels, self.create_tempdir().full_path, 2)
 
     def test_keras_cv_backbone_heads_are_full_resolution(self):
