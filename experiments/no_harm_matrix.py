@@ -5,7 +5,7 @@ keras-hub ResNet and MobileNet (small configurations, built offline from explici
 inputs). Tasks: classification (synthetic classes, 2,048 images) and segmentation (synthetic shapes
 with ignored outlines, 1,024 images, the issue's case). Variants: `plain`, and `MBAKTConfig()` (the
 default, all four losses) with `branch_design` `peer` and `exit` (the default design is `peer` for
-classification and `exit` for segmentation, so those two cells are the default's). Each run: the
+both tasks, so the `peer` cells are the default's). Each run: the
 model API as a user calls it (`MBAKT.from_backbone`, SGD 0.05 momentum 0.9, `fit` for 8 epochs,
 batch 16) with `guards.InferenceModeGapGuard` on a fixed batch of training images; the record holds
 the main head's test metric (accuracy, or mIoU), every epoch's inference/training-mode gap and the

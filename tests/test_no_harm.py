@@ -94,7 +94,8 @@ def test_every_cell_of_the_no_harm_matrix_trains_and_is_recorded(tmp_path):
         assert 0.0 <= r["test"] <= 1.0 and len(r["inference_mode_gap"]) == matrix.SCALES["tiny"]["epochs"]
         assert r["design"] == (None if r["variant"] == "plain" else r["variant"])
     table = (tmp_path / "tiny.md").read_text()
-    assert table.count("\n| ") == len(matrix.BACKBONES) * len(matrix.TASKS)
+    rows = [line for line in table.splitlines() if line.startswith(("| classification |", "| segmentation |"))]
+    assert len(rows) == len(matrix.BACKBONES) * len(matrix.TASKS)
     # Resumable: a second call finds every record and trains nothing.
     before = {p: os.path.getmtime(p) for p in tmp_path.glob("tiny/*.json")}
     matrix.main(["--scale=tiny", f"--out={tmp_path}", "--seeds=0"])
