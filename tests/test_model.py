@@ -275,23 +275,24 @@ def test_every_variant_survives_a_saved_file_round_trip(extra, tmp_path):
     loaded = run_mbakt_model_test(model, images, labels, str(tmp_path), expected_branches)
     assert (loaded.discriminator is None) == (not model.config.uses_adversary)
 
-def tiny_cspdarknet():
+def tiny_cspdarknet(shape=(32, 32, 3)):
     import keras_cv
 
     return keras_cv.models.CSPDarkNetBackbone(
         stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
-        include_rescaling=True, input_shape=(32, 32, 3),
+        include_rescaling=True, input_shape=shape,
     )
 
 
 @pytest.mark.slow  # fast twins: test_named_backbones_build_and_expose_stages[cspdarknet_tiny], tests/test_keras_hub.py
 @pytest.mark.parametrize("design, expected_branches", [("peer", 2), ("exit", 3), ("deep", 3)])
 def test_keras_cv_backbone_object_every_design(design, expected_branches, tmp_path):
+    # 64x64: a 2x2 last stage (peers on a 1x1 one are refused, tests/test_no_harm.py)
     model = mbakt_tf.MBAKT.from_backbone(
-        tiny_cspdarknet(), num_classes=3, config=mbakt_tf.MBAKTConfig(branch_design=design)
+        tiny_cspdarknet((64, 64, 3)), num_classes=3, config=mbakt_tf.MBAKTConfig(branch_design=design)
     )
     model.compile()
-    images, labels = tiny_batch((32, 32, 3), num_classes=3)
+    images, labels = tiny_batch((64, 64, 3), num_classes=3)
     run_mbakt_model_test(model, images, labels, str(tmp_path), expected_branches)
 
 
