@@ -9,7 +9,8 @@ both tasks, so the `peer` cells are the default's). Each run: the
 model API as a user calls it (`MBAKT.from_backbone`, SGD 0.05 momentum 0.9, `fit` for 8 epochs,
 batch 16) with `guards.InferenceModeGapGuard` on a fixed batch of training images; the record holds
 the main head's test metric (accuracy, or mIoU), every epoch's inference/training-mode gap and the
-guard's warnings.
+guard's warnings; or, for a design the library refuses on that backbone, `refused` and its message
+(the table says "refused").
 
 One JSON record per cell and seed under results/no_harm/<scale>/ (written atomically; existing
 records are skipped, so an interrupted matrix resumes), and the table `results/no_harm/<scale>.md`
@@ -144,9 +145,13 @@ def run_cell(backbone, task, variant, seed, scale):
     info = splits.info
     shape = SCALES[scale]["shape"]
     task_kwargs = dict(ignore_label=info.ignore_label) if task == "segmentation" else {}
-    model = mbakt_tf.MBAKT.from_backbone(
-        BACKBONES[backbone](shape), num_classes=info.num_classes, input_shape=shape, task=task,
-        config=config_for(variant), **task_kwargs)
+    try:
+        model = mbakt_tf.MBAKT.from_backbone(
+            BACKBONES[backbone](shape), num_classes=info.num_classes, input_shape=shape, task=task,
+            config=config_for(variant), **task_kwargs)
+    except ValueError as error:  # a design the library refuses on this backbone (peers on a 1x1 last stage)
+        return {"backbone": backbone, "task": task, "variant": variant, "seed": seed, "scale": scale,
+                "refused": str(error), "code_commit": _commit(), "method_code": run_timing.LOADED_METHOD_CODE}
     model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
                   d_optimizer=keras.optimizers.Adam(2e-4))
     guard = guards.InferenceModeGapGuard(splits.train)
@@ -220,7 +225,7 @@ def main(argv=None):
                         record = run_cell(backbone, task, variant, seed, args.scale)
                         write_json(path, record)
                         print(json.dumps({k: record[k] for k in ("task", "backbone", "variant", "seed", "test",
-                                                                 "fit_seconds")}), flush=True)
+                                                                 "fit_seconds", "refused") if k in record}), flush=True)
                         write_table(args.out, args.scale)
     print(write_table(args.out, args.scale))
 

@@ -50,6 +50,8 @@ def table(records, bar=BAR):
     | task | backbone | plain | peer | exit | worst vs plain | max end-of-run mode gap |
     |---|---|---|---|---|---|---|
     | segmentation | b | 0.850 (2) | 0.860 (1) | - | +0.010 | 0.000 |
+    >>> print(table(rows + [dict(backbone="b", task="segmentation", variant="exit", seed=0, refused="...")]).splitlines()[-1])
+    | segmentation | b | 0.850 (2) | 0.860 (1) | refused | +0.010 | 0.000 |
     """
     cells = {}
     for r in records:
@@ -60,8 +62,11 @@ def table(records, bar=BAR):
     ]
     order = {name: i for i, name in enumerate(BACKBONE_ORDER)}
     for (task, backbone), by_variant in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        refused = {v for v, rs in by_variant.items() if all("refused" in r for r in rs)}
+        by_variant = {v: [r for r in rs if "refused" not in r] for v, rs in by_variant.items() if v not in refused}
         means = {v: float(np.mean([r["test"] for r in rs])) for v, rs in by_variant.items()}
-        shown = [f"{means[v]:.3f} ({len(by_variant[v])})" if v in means else "-" for v in VARIANTS]
+        shown = [f"{means[v]:.3f} ({len(by_variant[v])})" if v in means else "refused" if v in refused else "-"
+                 for v in VARIANTS]
         deltas = [means[v] - means["plain"] for v in VARIANTS[1:] if v in means and "plain" in means]
         worst = min(deltas) if deltas else None
         worst_text = "-" if worst is None else f"{worst:+.3f}" + (" **below bar**" if worst < -bar else "")
