@@ -15,8 +15,9 @@ from mbakt_tf.multi_branch_model import MultiBranchModel
 logger = logging.getLogger(__name__)
 
 # The no-harm matrix (docs/no_harm.md): a keras-cv CSPDarkNet classifier on 32x32 images, whose last
-# stage gives 1x1 maps: peers below plain (the matrix's only losing cell), exit heads above it on every seed.
-ONE_PIXEL_PEERS = ("peers copy the last stage, whose maps are 1x1 on this backbone and input: on a keras-cv "
+# stage gives 1x1 maps: peers below plain (the matrix's only losing cell), exit heads above it on every
+# seed. Other families with a 1x1 last stage (ResNet18, MobileNetV3 at 32x32) were not measured.
+ONE_PIXEL_PEERS = ("peers copy the last stage, whose maps are 1x1 on this CSPDarkNet and input: on a keras-cv "
                    "CSPDarkNet classifier at 32x32 they scored 0.729 test accuracy against plain's 0.787 and "
                    "exit heads' 0.999 (mean of 5 seeds, docs/no_harm.md)")
 
@@ -101,22 +102,24 @@ class MBAKT(MultiBranchModel):
 def classification_design(config, backbone):
     """`config` with the branch design the classifier is built with on `backbone`.
 
-    The default design is `peer`, except where the backbone's last stage gives 1x1 maps: there
-    peers lose to plain and exit heads do not (`ONE_PIXEL_PEERS`), so the default becomes
+    The default design is `peer`, except on a keras-cv CSPDarkNet whose last stage gives 1x1 maps:
+    there peers lose to plain and exit heads do not (`ONE_PIXEL_PEERS`), so the default becomes
     `branch_design="exit"` (logged at INFO level, and kept in the model's config), and an explicit
-    `branch_design="peer"` is refused with that reason.
+    `branch_design="peer"` is refused with that reason. Only where it was measured: other families
+    with a 1x1 last stage keep peers.
 
     Example:
     >>> import keras_cv
     >>> backbone = keras_cv.models.CSPDarkNetBackbone(stackwise_channels=[8, 16, 24, 32],
-    ...     stackwise_depth=[1, 1, 1, 1], input_shape=(32, 32, 3))
+    ...     stackwise_depth=[1, 1, 1, 1], include_rescaling=True, input_shape=(32, 32, 3))
     >>> classification_design(MBAKTConfig(), backbone).branch_design
     'exit'
     """
     if not config.uses_branches or config.resolved_branch_design("classification") != "peer":
         return config
-    height, width = backbones_lib.stage_outputs(backbone)[-1].shape[1:3]
-    if height * width != 1:
+    if type(backbone).__name__ != "CSPDarkNetBackbone":
+        return config
+    if tuple(backbones_lib.stage_outputs(backbone)[-1].shape[1:3]) != (1, 1):
         return config
     if config.branch_design == "peer":
         raise ValueError(
