@@ -140,6 +140,9 @@ def test_peers_on_a_one_pixel_last_stage_are_not_the_default_and_refused_when_na
     # The matrix's losing cell: peers on a keras-cv CSPDarkNet classifier at 32x32 (last stage 1x1).
     import keras_cv
 
+    from mbakt_tf import backbones
+    from mbakt_tf import model as model_lib
+
     def cspdarknet(shape=(32, 32, 3)):
         return keras_cv.models.CSPDarkNetBackbone(
             stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1], include_rescaling=True,
@@ -153,9 +156,7 @@ def test_peers_on_a_one_pixel_last_stage_are_not_the_default_and_refused_when_na
     assert restored.branch_names == model.branch_names
     with pytest.raises(ValueError, match="branch_design='peer': peers copy the last stage, whose maps are 1x1"):
         mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4, config=mbakt_tf.MBAKTConfig(branch_design="peer"))
-    # A 2x2 last stage (64x64 images), plain, and the other designs: as before.
+    # A 2x2 last stage (64x64 images), and a 1x1 one on another family (the library's resnet18): peers.
     assert mbakt_tf.MBAKT.from_backbone(cspdarknet((64, 64, 3)), 4).config.resolved_branch_design() == "peer"
-    assert mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4, config=mbakt_tf.MBAKTConfig(mode="plain")).config.branch_design is None
-    deep = mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4, config=mbakt_tf.MBAKTConfig(branch_design="deep"))
-    assert deep.config.branch_design == "deep"
-    assert mbakt_tf.MBAKT.from_backbone("small_resnet8", 4, (16, 16, 1)).config.branch_design is None
+    assert model_lib.classification_design(mbakt_tf.MBAKTConfig(), backbones.build_backbone(
+        "resnet18", (32, 32, 3))).branch_design is None
