@@ -139,6 +139,7 @@ def run_cell(backbone, task, variant, seed, scale):
     """Trains one cell; returns its record (a dict)."""
     import mbakt_tf
     from mbakt_tf import guards, run_timing
+    from mbakt_tf.model import DesignRefusedError
 
     keras.utils.set_random_seed(seed)
     splits = load(task, scale, seed)
@@ -149,10 +150,7 @@ def run_cell(backbone, task, variant, seed, scale):
         model = mbakt_tf.MBAKT.from_backbone(
             BACKBONES[backbone](shape), num_classes=info.num_classes, input_shape=shape, task=task,
             config=config_for(variant), **task_kwargs)
-    except ValueError as error:
-        if not str(error).startswith("branch_design="):
-            raise
-        # A design the library refuses on this backbone (peers on CSPDarkNet's 1x1 last stage).
+    except DesignRefusedError as error:  # e.g. peers on CSPDarkNet's 1x1 last stage
         return {"backbone": backbone, "task": task, "variant": variant, "seed": seed, "scale": scale,
                 "refused": str(error), "code_commit": _commit(), "method_code": run_timing.LOADED_METHOD_CODE}
     model.compile(g_optimizer=keras.optimizers.SGD(0.05, momentum=0.9),

@@ -22,6 +22,10 @@ ONE_PIXEL_PEERS = ("peers copy the last stage, whose maps are 1x1 on this CSPDar
                    "exit heads' 0.999 (mean of 5 seeds, docs/no_harm.md)")
 
 
+class DesignRefusedError(ValueError):
+    """A branch design the library refuses on this backbone, with the measured reason."""
+
+
 @keras.saving.register_keras_serializable(package="mbakt_tf")
 class MBAKT(MultiBranchModel):
     """Multi-Branched Adversarial Knowledge Transfer for image classification.
@@ -105,8 +109,8 @@ def classification_design(config, backbone):
     The default design is `peer`, except on a keras-cv CSPDarkNet whose last stage gives 1x1 maps:
     there peers lose to plain and exit heads do not (`ONE_PIXEL_PEERS`), so the default becomes
     `branch_design="exit"` (logged at INFO level, and kept in the model's config), and an explicit
-    `branch_design="peer"` is refused with that reason. Only where it was measured: other families
-    with a 1x1 last stage keep peers.
+    `branch_design="peer"` is refused (`DesignRefusedError`) with that reason. Only where it was
+    measured: other families with a 1x1 last stage keep peers.
 
     Example:
     >>> import keras_cv
@@ -122,7 +126,7 @@ def classification_design(config, backbone):
     if tuple(backbones_lib.stage_outputs(backbone)[-1].shape[1:3]) != (1, 1):
         return config
     if config.branch_design == "peer":
-        raise ValueError(
+        raise DesignRefusedError(
             f"branch_design='peer': {ONE_PIXEL_PEERS}. Use branch_design='exit' (the default here), or "
             "larger images.")
     logger.info("The default branch design here is 'exit', not 'peer': %s.", ONE_PIXEL_PEERS)

@@ -33,6 +33,16 @@ def tiny_model(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4,
     return model
 
 
+def tiny_cspdarknet(shape=(32, 32, 3)):
+    """A small keras-cv CSPDarkNet (4 stages: a 1x1 last stage at 32x32, 2x2 at 64x64)."""
+    import keras_cv
+
+    return keras_cv.models.CSPDarkNetBackbone(
+        stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
+        include_rescaling=True, input_shape=shape,
+    )
+
+
 def tiny_segmenter(backbone="small_resnet8", input_shape=(16, 16, 1), num_classes=4, ignore_label=255,
                    **config_kwargs):
     config_kwargs.setdefault("adversarial_warmup_steps", 0)

@@ -5,7 +5,7 @@ from absl.testing import parameterized
 
 import mbakt_tf
 from mbakt_tf import backbones, losses
-from tests.helpers import run_mbakt_model_test, tiny_batch, tiny_model
+from tests.helpers import run_mbakt_model_test, tiny_batch, tiny_cspdarknet, tiny_model
 
 
 class MBAKTModelTest(parameterized.TestCase):
@@ -275,15 +275,6 @@ def test_every_variant_survives_a_saved_file_round_trip(extra, tmp_path):
     loaded = run_mbakt_model_test(model, images, labels, str(tmp_path), expected_branches)
     assert (loaded.discriminator is None) == (not model.config.uses_adversary)
 
-def tiny_cspdarknet(shape=(32, 32, 3)):
-    import keras_cv
-
-    return keras_cv.models.CSPDarkNetBackbone(
-        stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
-        include_rescaling=True, input_shape=shape,
-    )
-
-
 @pytest.mark.slow  # fast twins: test_named_backbones_build_and_expose_stages[cspdarknet_tiny], tests/test_keras_hub.py
 @pytest.mark.parametrize("design, expected_branches", [("peer", 2), ("exit", 3), ("deep", 3)])
 def test_keras_cv_backbone_object_every_design(design, expected_branches, tmp_path):
@@ -370,12 +361,7 @@ def test_named_backbones_build_and_expose_stages(name):
 
 
 def test_lambda_activations_are_replaced_without_changing_outputs():
-    import keras_cv
-
-    backbone = keras_cv.models.CSPDarkNetBackbone(
-        stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1],
-        include_rescaling=True, input_shape=(32, 32, 3),
-    )
+    backbone = tiny_cspdarknet()
     cleaned = backbones.without_lambda_activations(backbone)
     assert cleaned is not backbone
     assert not [layer for layer in cleaned.layers if isinstance(layer, keras.layers.Lambda)]

@@ -138,15 +138,9 @@ def test_exit_heads_on_decoder_steps_a_few_pixels_wide_are_left_out_by_default_a
 
 def test_peers_on_a_one_pixel_last_stage_are_not_the_default_and_refused_when_named(caplog):
     # The matrix's losing cell: peers on a keras-cv CSPDarkNet classifier at 32x32 (last stage 1x1).
-    import keras_cv
-
     from mbakt_tf import backbones
     from mbakt_tf import model as model_lib
-
-    def cspdarknet(shape=(32, 32, 3)):
-        return keras_cv.models.CSPDarkNetBackbone(
-            stackwise_channels=[8, 16, 24, 32], stackwise_depth=[1, 1, 1, 1], include_rescaling=True,
-            input_shape=shape)
+    from tests.helpers import tiny_cspdarknet as cspdarknet
 
     with caplog.at_level("INFO", logger="mbakt_tf.model"):
         model = mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4)
@@ -154,7 +148,8 @@ def test_peers_on_a_one_pixel_last_stage_are_not_the_default_and_refused_when_na
     assert "default branch design here is 'exit', not 'peer'" in caplog.text and "1x1" in caplog.text
     restored = mbakt_tf.MBAKT.from_config(model.get_config())
     assert restored.branch_names == model.branch_names
-    with pytest.raises(ValueError, match="branch_design='peer': peers copy the last stage, whose maps are 1x1"):
+    refusal = "branch_design='peer': peers copy the last stage, whose maps are 1x1"
+    with pytest.raises(model_lib.DesignRefusedError, match=refusal):
         mbakt_tf.MBAKT.from_backbone(cspdarknet(), 4, config=mbakt_tf.MBAKTConfig(branch_design="peer"))
     # A 2x2 last stage (64x64 images), and a 1x1 one on another family (the library's resnet18): peers.
     assert mbakt_tf.MBAKT.from_backbone(cspdarknet((64, 64, 3)), 4).config.resolved_branch_design() == "peer"
