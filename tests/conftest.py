@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # absl's parameterized.TestCase.create_tempdir reads --test_tmpdir; under pytest
@@ -21,3 +22,14 @@ HEAVIEST_FIRST = (
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """helpers.TinyRun (config, result, warnings) of one tiny MBAKT run, trained once per pytest worker.
+
+    Read-only: tests that change a model train their own.
+    """
+    from tests import helpers
+
+    return helpers.train_tiny_run(tmp_path_factory.mktemp("trained_run"))

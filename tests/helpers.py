@@ -1,6 +1,8 @@
 """Tiny models and data for the tests, and the helper every model test calls (train a step, check, round-trip)."""
 
+import logging
 import os
+import typing
 
 import keras
 import numpy as np
@@ -99,3 +101,39 @@ def run_mbakt_model_test(model, images, labels, tmp_dir, expected_branches, roun
     for key, value in results.items():
         np.testing.assert_allclose(loaded_results[key], value, rtol=1e-4, atol=1e-5)
     return loaded
+
+
+# The one trained run that the export, TensorBoard, curves and guard tests read (`trained_run` in
+# conftest.py): the default design (peers, gated teacher), every loss on from step 1, validation, and
+# TensorBoard logs per epoch and every 2 steps.
+TINY_RUN_DATA = dict(num_classes=4, image_shape=(16, 16, 1), num_train=512, num_test=128)
+
+
+class TinyRun(typing.NamedTuple):
+    config: object  # training.TrainConfig
+    result: object  # training.TrainResult
+    warnings: list  # what mbakt_tf's loggers warned during the run
+
+
+def train_tiny_run(root, run_name="tiny", **config_kwargs):
+    """Trains the tiny run of TINY_RUN_DATA (3 epochs; a quarter held out) and returns its TinyRun."""
+    from mbakt_tf import training
+
+    config = training.TrainConfig(
+        dataset="synthetic", synthetic_kwargs=TINY_RUN_DATA, epochs=3, batch_size=32,
+        validation_fraction=0.25, learning_rate=0.05, output_dir=str(root), run_name=run_name, verbose=0,
+        tensorboard_steps=2,
+    )
+    mbakt_config = mbakt_tf.MBAKTConfig(
+        mode="mbakt", adversarial_warmup_steps=0, distillation_warmup_steps=0, **config_kwargs)
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(f"{record.name}: {record.getMessage()}")
+    logger = logging.getLogger("mbakt_tf")
+    logger.addHandler(handler)
+    try:
+        result = training.train(config, mbakt_config)
+    finally:
+        logger.removeHandler(handler)
+    assert result.test_results["main_accuracy"] > 0.5, result.test_results  # learnt something
+    return TinyRun(config, result, warnings)

@@ -8,9 +8,7 @@ import sys
 import matplotlib.image
 import pytest
 
-from mbakt_tf import curves, training
-from mbakt_tf.config import MBAKTConfig
-from mbakt_tf.training import TrainConfig
+from mbakt_tf import curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A segmentation run's history (keys as SegmentationMBAKT logs them): mIoU is drawn, not pixel accuracy.
@@ -31,26 +29,17 @@ def assert_png(path):
     assert height > 100 and width > 300
 
 
-def test_a_training_run_writes_curves_png_of_its_heads(tmp_path):
-    config = TrainConfig(
-        dataset="synthetic", synthetic_kwargs=dict(num_train=48, num_test=8, image_shape=(12, 12, 1), num_classes=3),
-        epochs=2, batch_size=8, validation_fraction=0.25, output_dir=str(tmp_path), run_name="run", verbose=0,
-        tensorboard=False,
-    )
-    result = training.train(
-        config, MBAKTConfig(
-            num_peers=1, adversarial_warmup_steps=1, distillation_warmup_steps=1, discriminator_units=(8,)
-        )
-    )
-    run_dir = tmp_path / "run"
-    assert_png(run_dir / "curves.png")
-    assert not (run_dir / "logs").exists()  # tensorboard=False
-    history = json.loads((run_dir / "results.json").read_text())["history"]
+def test_a_training_run_writes_curves_png_of_its_heads(trained_run, tmp_path):
+    config, result, _ = trained_run
+    run_dir = result.run_dir
+    assert_png(os.path.join(run_dir, "curves.png"))
+    with open(os.path.join(run_dir, "results.json")) as f:
+        history = json.load(f)["history"]
     assert history == result.history
 
     drawn = curves.save_curves(history, str(tmp_path / "again.png"))
     assert_png(tmp_path / "again.png")
-    heads = ["main", "branch_1", "ensemble"]
+    heads = ["main", "branch_1", "branch_2", "ensemble"]
     assert drawn == {
         "train accuracy": [f"{head}_accuracy" for head in heads],
         "validation accuracy": [f"val_{head}_accuracy" for head in heads],

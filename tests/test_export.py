@@ -1,8 +1,8 @@
 """Export of a tiny trained model: every format, parity, int8 tensors, no branches, early exit, errors.
 
-One tiny run (small_resnet8, 16x16x1, 4 synthetic classes) is trained and exported once per module;
-the tests read what the exporter wrote and re-check it independently (own SavedModel load, own
-LiteRT interpreter), so a bug in the exporter's checks does not hide a bug in its files.
+The shared tiny run (conftest.py `trained_run`: small_resnet8, 16x16x1, 4 synthetic classes) is exported
+once per module; the tests read what the exporter wrote and re-check it independently (own SavedModel
+load, own LiteRT interpreter), so a bug in the exporter's checks does not hide a bug in its files.
 """
 
 import json
@@ -15,12 +15,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from mbakt_tf import export, saved_runs, training
+from mbakt_tf import export, saved_runs
 from mbakt_tf.export import serving
-from mbakt_tf.config import MBAKTConfig
+from tests.helpers import TINY_RUN_DATA, train_tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = dict(num_classes=4, image_shape=(16, 16, 1), num_train=512, num_test=128)
+SYNTHETIC = TINY_RUN_DATA
 FORMATS = ("float32", "float16", "dynamic_range", "int8")
 # What the tests demand, stated once (the exporter's own bounds are export.PARITY_TOLERANCES):
 SAVED_MODEL_ATOL = 1e-4      # same TF kernels: max |logit diff| vs Keras
@@ -38,26 +38,13 @@ def _export_config(**kwargs):
     return export.ExportConfig(**kwargs)
 
 
-def _train_tiny_run(root, run_name, **config_kwargs):
-    result = training.train(
-        training.TrainConfig(
-            dataset="synthetic", synthetic_kwargs=SYNTHETIC, epochs=3, batch_size=32,
-            validation_fraction=0.0, learning_rate=0.05, output_dir=str(root), run_name=run_name,
-            verbose=0,
-        ),
-        MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0, distillation_warmup_steps=0, **config_kwargs),
-    )
-    assert result.test_results["main_accuracy"] > 0.5, result.test_results  # learnt something
-    return result
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A trained tiny MBAKT run folder (model.keras, main_branch.keras, results.json) and its model.
+def run(trained_run):
+    """The shared tiny trained run (conftest.py `trained_run`): model.keras, main_branch.keras, results.json.
 
     The default design: peers (copies of the last stage) and a gated teacher.
     """
-    result = _train_tiny_run(tmp_path_factory.mktemp("runs"), "tiny")
+    result = trained_run.result
     assert result.model.config.resolved_branch_design() == "peer" and result.model.gated
     return result
 
@@ -65,7 +52,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exit_run(tmp_path_factory):
     """A tiny MBAKT run with early exits (branch_design="exit")."""
-    return _train_tiny_run(tmp_path_factory.mktemp("exit_runs"), "tiny_exit", branch_design="exit")
+    return train_tiny_run(tmp_path_factory.mktemp("exit_runs"), "tiny_exit", branch_design="exit").result
 
 
 @pytest.fixture(scope="module")

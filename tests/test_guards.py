@@ -36,7 +36,7 @@ def splits_with_nan_batch(nan_batch, batch_size=8, num_batches=4):
 def test_nan_input_stops_training_naming_the_term_and_step_and_keeps_the_last_good_backup(tmp_path):
     config = training.TrainConfig(
         dataset="nan_test", epochs=2, batch_size=8, output_dir=str(tmp_path), run_name="run",
-        verbose=0, backup_dir=str(tmp_path / "backup"), backup_steps=1,
+        verbose=0, backup_dir=str(tmp_path / "backup"), backup_steps=1, tensorboard=False,
     )
     with pytest.raises(guards.NonFiniteLossError) as caught:
         training.train(config, MBAKTConfig(mode="mbakt", adversarial_warmup_steps=0),
@@ -48,6 +48,7 @@ def test_nan_input_stops_training_naming_the_term_and_step_and_keeps_the_last_go
     assert "Last good backup: step 2" in message
     # The run's outputs were not written; the newest backup is step 2, finite.
     assert not (tmp_path / "run" / "model.keras").exists()
+    assert not (tmp_path / "run" / "logs").exists()  # tensorboard=False
     backup = resume.ResumableBackup(tmp_path / "backup", steps_per_epoch=4,
                                     fingerprint=training.run_fingerprint(config, MBAKTConfig(
                                         mode="mbakt", adversarial_warmup_steps=0)))
@@ -280,14 +281,11 @@ def test_inference_mode_gap_guard_changes_no_state():
     assert all(np.array_equal(a, np.array(v)) for a, v in zip(before, model.variables))
 
 
-def test_inference_mode_gap_guard_in_every_train_run_is_silent_on_a_healthy_run(tmp_path, caplog):
-    config = training.TrainConfig(dataset="synthetic", epochs=2, batch_size=16, train_limit=256, test_limit=32,
-                                  output_dir=str(tmp_path), run_name="run", verbose=0)
-    with caplog.at_level(logging.WARNING, logger="mbakt_tf.guards"):
-        result = training.train(config, MBAKTConfig(mode="mbakt"))
-    assert len(result.history["inference_mode_gap"]) == 2
+def test_inference_mode_gap_guard_in_every_train_run_is_silent_on_a_healthy_run(trained_run):
+    config, result, warnings = trained_run  # the shared tiny run (conftest.py), with what it warned
+    assert len(result.history["inference_mode_gap"]) == config.epochs
     assert max(abs(g) for g in result.history["inference_mode_gap"]) <= 0.10
-    assert "inference-mode gap" not in caplog.text
+    assert not [message for message in warnings if "inference-mode gap" in message], warnings
 
 
 _SAME_RUN = """

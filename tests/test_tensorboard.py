@@ -46,14 +46,10 @@ def read_scalars(log_dir):
 
 
 @pytest.fixture(scope="module")
-def mbakt_run(tmp_path_factory):
-    """A 2-epoch MBAKT run (adversary on from step 1) logging to TensorBoard per epoch and every 2 steps."""
-    out = tmp_path_factory.mktemp("tensorboard")
-    config = tiny_train_config(out, tensorboard_steps=2)
-    mbakt_config = MBAKTConfig(
-        alpha=0.5, adversarial_warmup_steps=1, distillation_warmup_steps=1, discriminator_units=(8,)
-    )
-    result = training.train(config, mbakt_config)
+def mbakt_run(trained_run):
+    """The shared tiny run (conftest.py): 3 epochs, adversary on from step 1, TensorBoard per epoch and every 2 steps."""
+    config, result, _ = trained_run
+    assert config.tensorboard and config.tensorboard_steps == 2
     return config, result
 
 
