@@ -87,7 +87,7 @@ def branch_export(exit_run, test_images, tmp_path_factory):
         exit_run.model, str(tmp_path_factory.mktemp("export") / "branch_1"),
         representative_images=representative, test_images=test_images[0], test_labels=test_images[1],
         class_names=[f"class_{i}" for i in range(4)],
-        config=_export_config(branch="1", formats=("float32", "int8"), int8_io="uint8"),
+        config=_export_config(branch="1", formats=("float32", "int8"), int8_io="uint8", fresh_process_check=False),
     )
 
 
@@ -255,6 +255,11 @@ def test_early_exit_export_is_smaller_and_standalone(exit_run, main_export, bran
     for fmt in ("float32", "int8"):
         assert branch.manifest["files"][fmt]["bytes"] < main.manifest["files"][fmt]["bytes"]
     assert set(branch.manifest["files"]) == {"saved_model", "float32", "int8"}
+    # fresh_process_check=False: reloaded in this process, and the manifest says so (the main export
+    # checks the fresh process).
+    assert branch.manifest["files"]["saved_model"]["reloaded_in"] == "the exporting process"
+    assert "saved_model_fresh_process_without_mbakt_tf" not in [c["name"] for c in branch.manifest["checks"]]
+    assert main.manifest["files"]["saved_model"]["reloaded_in"] == "a fresh process"
 
     loaded = tf.saved_model.load(os.path.join(branch.output_dir, "saved_model"))
     names = [v.name for v in loaded.variables]
@@ -313,7 +318,8 @@ def test_failed_check_raises_after_writing_the_manifest(run, test_images, tmp_pa
     with pytest.raises(export.ExportCheckError, match="float32_logit_parity"):
         export.export_model(
             run.model, str(tmp_path), representative_images=images, test_images=images[:16],
-            test_labels=labels[:16], config=_export_config(formats=("float32",), benchmark_runs=0))
+            test_labels=labels[:16],
+            config=_export_config(formats=("float32",), benchmark_runs=0, fresh_process_check=False))
     with open(tmp_path / "manifest.json") as f:
         manifest = json.load(f)
     assert manifest["ok"] is False

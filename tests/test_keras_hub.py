@@ -168,7 +168,8 @@ def test_main_branch_exports(family, formats, tmp_path):
     images, labels = tiny_batch(SHAPE, NUM_CLASSES, batch=16)  # untrained: test_classification_... trains one
     result = export.export_model(
         model, str(tmp_path), images, images, labels,
-        config=export.ExportConfig(formats=formats, representative_samples=8, benchmark_runs=0),
+        config=export.ExportConfig(formats=formats, representative_samples=8, benchmark_runs=0,
+                                   fresh_process_check=False),
     )  # strict: raises if any check (parity, no branch variables, parameter counts) fails
     assert result.ok and {"saved_model", *formats} <= set(result.files)
     assert result.manifest["model"]["parameters"] == model.main_model().count_params()

@@ -41,7 +41,7 @@ def _images(count=24, seed=0):
 def _export(model, out, labels, **config):
     images = _images()
     config = dict(dict(rgb_input=True, tflite_metadata="require", benchmark_runs=0, representative_samples=16,
-                       strict=False), **config)
+                       strict=False, fresh_process_check=False), **config)
     return export.export_model(model, str(out), images, images, labels, class_names=LABELS,
                                config=export.ExportConfig(**config))
 

@@ -79,49 +79,61 @@ def write_saved_model(model, path):
     return path
 
 
-# Runs in a fresh interpreter: only numpy and TensorFlow, never mbakt_tf (checked).
-_SAVED_MODEL_PROBE = r"""
+# The probe itself: only numpy and TensorFlow. Run in a fresh interpreter (never importing mbakt_tf,
+# which that run checks), or here with `fresh_process=False`.
+_PROBE_FUNCTION = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
 
+def probe(saved_model_dir, images, signature_key):
+    loaded = tf.saved_model.load(saved_model_dir)
+    serve = loaded.signatures[signature_key]
+    (input_name, input_spec), = serve.structured_input_signature[1].items()
+    outputs = {}
+    for start in range(0, len(images), 256):
+        batch = serve(**{input_name: tf.constant(images[start:start + 256])})
+        for key, value in batch.items():
+            outputs.setdefault(key, []).append(value.numpy())
+    variables = [(v.name, [int(d) for d in v.shape]) for v in loaded.variables]
+    facts = {
+        "input": {"name": input_name, "dtype": input_spec.dtype.name,
+                  "shape": [None if d is None else int(d) for d in input_spec.shape]},
+        "outputs": {k: {"dtype": s.dtype.name, "shape": [None if d is None else int(d) for d in s.shape]}
+                    for k, s in serve.structured_outputs.items()},
+        "variable_count": len(variables),
+        "parameter_count": int(sum(int(np.prod(shape)) for _, shape in variables)),
+        "variable_names": [name for name, _ in variables],
+        "mbakt_tf_imported": any(m == "mbakt_tf" or m.startswith("mbakt_tf.") for m in sys.modules),
+        "keras_imported": "keras" in sys.modules,
+        "python": sys.executable,
+    }
+    return {key: np.concatenate(value) for key, value in outputs.items()}, facts
+"""
+_SAVED_MODEL_PROBE = _PROBE_FUNCTION + r"""
 saved_model_dir, images_path, outputs_path, signature_key = sys.argv[1:5]
-loaded = tf.saved_model.load(saved_model_dir)
-serve = loaded.signatures[signature_key]
-(input_name, input_spec), = serve.structured_input_signature[1].items()
-images = np.load(images_path)
-outputs = {}
-for start in range(0, len(images), 256):
-    batch = serve(**{input_name: tf.constant(images[start:start + 256])})
-    for key, value in batch.items():
-        outputs.setdefault(key, []).append(value.numpy())
-np.savez(outputs_path, **{key: np.concatenate(value) for key, value in outputs.items()})
-variables = [(v.name, [int(d) for d in v.shape]) for v in loaded.variables]
-facts = {
-    "input": {"name": input_name, "dtype": input_spec.dtype.name,
-              "shape": [None if d is None else int(d) for d in input_spec.shape]},
-    "outputs": {k: {"dtype": s.dtype.name, "shape": [None if d is None else int(d) for d in s.shape]}
-                for k, s in serve.structured_outputs.items()},
-    "variable_count": len(variables),
-    "parameter_count": int(sum(int(np.prod(shape)) for _, shape in variables)),
-    "variable_names": [name for name, _ in variables],
-    "mbakt_tf_imported": any(m == "mbakt_tf" or m.startswith("mbakt_tf.") for m in sys.modules),
-    "keras_imported": "keras" in sys.modules,
-    "python": sys.executable,
-}
+outputs, facts = probe(saved_model_dir, np.load(images_path), signature_key)
+np.savez(outputs_path, **outputs)
 assert not facts["mbakt_tf_imported"], "the SavedModel probe imported mbakt_tf"
 print("SAVED_MODEL_FACTS " + json.dumps(facts))
 """
 
 
-def probe_saved_model(saved_model_dir, images, timeout=600):
+def probe_saved_model(saved_model_dir, images, timeout=600, fresh_process=True):
     """Runs the SavedModel on `images` in a fresh Python process that never imports mbakt_tf.
 
     Returns `(outputs, facts)`: outputs `{"logits", "probabilities"}` arrays;
     facts the signature, variable count, parameter count, variable names and
     whether mbakt_tf or keras were imported there (mbakt_tf never is: the
-    process asserts it).
+    process asserts it). With `fresh_process=False` the same probe runs in
+    this process (no TensorFlow start; `facts["fresh_process"]` says which).
     """
+    if not fresh_process:
+        namespace = {}
+        exec(_PROBE_FUNCTION, namespace)  # the fresh process's code, so both runs check the same things
+        outputs, facts = namespace["probe"](
+            os.path.abspath(saved_model_dir), np.asarray(images, np.float32), SIGNATURE_KEY)
+        return outputs, dict(facts, fresh_process=False)
     with tempfile.TemporaryDirectory(prefix="mbakt_probe_") as tmp:
         images_path = os.path.join(tmp, "images.npy")
         outputs_path = os.path.join(tmp, "outputs.npz")
@@ -139,7 +151,7 @@ def probe_saved_model(saved_model_dir, images, timeout=600):
                 f"Reloading the SavedModel in a fresh process failed:\n{process.stderr[-3000:]}"
             )
         line = [x for x in process.stdout.splitlines() if x.startswith("SAVED_MODEL_FACTS ")][-1]
-        facts = json.loads(line[len("SAVED_MODEL_FACTS "):])
+        facts = dict(json.loads(line[len("SAVED_MODEL_FACTS "):]), fresh_process=True)
         with np.load(outputs_path) as saved:
             outputs = {key: saved[key] for key in saved.files}
     return outputs, facts
