@@ -63,6 +63,32 @@ def _saved_class(path):
     return config.get("class_name"), config.get("registered_name"), config.get("config", {}).get("name")
 
 
+def check_mbakt_model_file(path):
+    """The `.keras` path of `path` (a file or run folder) when it holds an MBAKT model; reads only its config.
+
+    Needs no TensorFlow, so the scripts refuse a wrong `--model` in a moment
+    instead of after TensorFlow's start.
+
+    Raises:
+        ModelFileNotFoundError: nothing at `path`.
+        NotMBAKTModelError: not a .keras archive, or it holds another kind of
+            model (e.g. `main_branch.keras`, the main branch alone).
+    """
+    path = resolve_model_path(path)
+    class_name, registered, name = _saved_class(path)
+    if class_name not in MBAKT_CLASSES and registered not in {f"mbakt_tf>{c}" for c in MBAKT_CLASSES}:
+        hint = (
+            " main_branch.keras is the main branch alone; use the run's model.keras."
+            if os.path.basename(path) == "main_branch.keras"
+            else ""
+        )
+        raise NotMBAKTModelError(
+            f"{path} holds a {class_name} model ({name!r}), not an MBAKT model: this needs the "
+            f"whole MBAKT model to know its branches.{hint}"
+        )
+    return path
+
+
 def load_mbakt_model(path):
     """Loads an `MBAKT` model from a `.keras` file or a run folder, with clear errors.
 
@@ -79,18 +105,7 @@ def load_mbakt_model(path):
     for task in tasks.TASKS.values():
         task.model_class()  # registers every task's model class for load_model
 
-    path = resolve_model_path(path)
-    class_name, registered, name = _saved_class(path)
-    if class_name not in MBAKT_CLASSES and registered not in {f"mbakt_tf>{c}" for c in MBAKT_CLASSES}:
-        hint = (
-            " main_branch.keras is the main branch alone; use the run's model.keras."
-            if os.path.basename(path) == "main_branch.keras"
-            else ""
-        )
-        raise NotMBAKTModelError(
-            f"{path} holds a {class_name} model ({name!r}), not an MBAKT model: this needs the "
-            f"whole MBAKT model to know its branches.{hint}"
-        )
+    path = check_mbakt_model_file(path)
     try:
         model = keras.models.load_model(path)
     except Exception as error:  # noqa: BLE001 - any loader failure means "not loadable here"

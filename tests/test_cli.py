@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -65,6 +66,27 @@ def test_help_and_usage_errors_come_before_tensorflow(script, args, expected):
     result = run_python(RUN_SCRIPT_THEN_LIST_HEAVY_MODULES, os.path.join("scripts", script), *args)
     assert expected in result.stdout + result.stderr, (result.stdout[-2000:], result.stderr[-2000:])
     assert "HEAVY []" in result.stdout, result.stdout[-2000:]
+
+
+def _keras_archive_of(path, class_name):
+    """A .keras archive whose config names `class_name` (what the scripts read before loading a model)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({"class_name": class_name, "config": {"name": "net"}}))
+    return str(path)
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "export.py", "optimize.py"])
+def test_a_wrong_model_is_refused_before_tensorflow(script, tmp_path):
+    missing = run_python(RUN_SCRIPT_THEN_LIST_HEAVY_MODULES, os.path.join("scripts", script),
+                         f"--model={tmp_path}/nothing.keras")
+    assert "--model: No saved model at" in missing.stderr, missing.stderr[-2000:]
+    assert "EXIT 1" in missing.stdout and "tensorflow" not in missing.stdout, missing.stdout[-2000:]
+    plain = _keras_archive_of(tmp_path / "main_branch.keras", "Functional")
+    other = run_python(RUN_SCRIPT_THEN_LIST_HEAVY_MODULES, os.path.join("scripts", script), f"--model={plain}")
+    assert "holds a Functional model ('net'), not an MBAKT model" in other.stderr, other.stderr[-2000:]
+    assert "main_branch.keras is the main branch alone" in other.stderr
+    assert "tensorflow" not in other.stdout, other.stdout[-2000:]
+    assert f"EXIT {1 if script == 'evaluate.py' else 2}" in other.stdout  # export/optimize: 2 for a model they refuse
 
 
 DESCRIBE_FLAGS = """

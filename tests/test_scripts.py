@@ -57,9 +57,3 @@ def test_train_rejects_bad_flags_before_any_work(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not any(tmp_path.iterdir())
-
-
-def test_evaluate_rejects_a_missing_model(tmp_path):
-    result = run_script("evaluate.py", f"--model={tmp_path}/nothing.keras")
-    assert result.returncode != 0
-    assert "--model: No saved model at" in result.stderr

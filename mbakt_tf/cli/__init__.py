@@ -86,20 +86,34 @@ def define_saved_run_flags():
     absl_flags.mark_flag_as_required("model")
 
 
-def run_checked_tool(argv, make_config, from_file, errors, report_text, checks_file):
+def run_checked_tool(argv, make_config, load_tool, checks_file):
     """The `main` of the export and optimize scripts, which share their flags' meaning and exit codes.
 
     `make_config()` turns the flags into a config (a `ValueError` is a usage
-    error); `from_file(--model, output_dir=, config=, dataset=, data_dir=,
-    image_size=, progress=)` does the work; `report_text(result)` is printed,
-    then the files written. Returns the exit status: 2 after `error: ...` for
-    an exception in `errors` (a model or environment the tool cannot handle),
-    1 when `--strict` and a check failed (the files are written), else 0.
+    error). `--model` must hold an MBAKT model, checked before TensorFlow
+    starts. Then `load_tool()` (after TensorFlow's start) gives `(from_file,
+    errors, report_text)`: `from_file(--model, output_dir=, config=, dataset=,
+    data_dir=, image_size=, progress=)` does the work; `report_text(result)`
+    is printed, then the files written. Returns the exit status: 2 after
+    `error: ...` for a model that is not an MBAKT one or an exception in
+    `errors` (a model or environment the tool cannot handle), 1 when
+    `--strict` and a check failed (the files are written), else 0.
     """
+    from mbakt_tf import saved_runs
+
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags(make_config)
     model_path = model_path_flag(FLAGS.model)
+    try:
+        saved_runs.check_mbakt_model_file(model_path)
+    except saved_runs.NotMBAKTModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from mbakt_tf.cli.quiet_start import start_tensorflow
+
+    start_tensorflow()
+    from_file, errors, report_text = load_tool()
     progress = timed_progress()
     try:
         result = from_file(

@@ -22,10 +22,16 @@ flags.DEFINE_integer("test_limit", None, "Evaluate only this many test examples.
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    start_tensorflow()
-    from mbakt_tf import saved_runs, training
+    from mbakt_tf import saved_runs
 
     model_path = model_path_flag(FLAGS.model)
+    try:
+        saved_runs.check_mbakt_model_file(model_path)  # before TensorFlow's start: refused at once
+    except saved_runs.NotMBAKTModelError as error:
+        raise app.UsageError(f"--model: {error}") from error
+    start_tensorflow()
+    from mbakt_tf import training
+
     try:
         model = saved_runs.load_mbakt_model(model_path)
     except saved_runs.NotMBAKTModelError as error:

@@ -22,7 +22,6 @@ import sys
 from absl import flags
 
 from mbakt_tf.cli import define_saved_run_flags, run_app, run_checked_tool
-from mbakt_tf.cli.quiet_start import start_tensorflow
 
 FLAGS = flags.FLAGS
 define_saved_run_flags()
@@ -85,17 +84,16 @@ def export_config_from_flags():
     )
 
 
-def main(argv):
-    start_tensorflow()
+def _load_exporter():
     from mbakt_tf import export
 
-    return run_checked_tool(
-        argv, export_config_from_flags, export.export_from_file,
-        errors=(export.NotMBAKTModelError, ValueError, FileNotFoundError,
-                export.mediapipe_tasks.MediaPipeUnavailableError),
-        report_text=lambda result: export.format_report(result.manifest),
-        checks_file="manifest.json",
-    )
+    errors = (export.NotMBAKTModelError, ValueError, FileNotFoundError,
+              export.mediapipe_tasks.MediaPipeUnavailableError)
+    return export.export_from_file, errors, lambda result: export.format_report(result.manifest)
+
+
+def main(argv):
+    return run_checked_tool(argv, export_config_from_flags, _load_exporter, checks_file="manifest.json")
 
 
 def run():

@@ -22,7 +22,6 @@ import sys
 from absl import flags
 
 from mbakt_tf.cli import define_saved_run_flags, run_app, run_checked_tool
-from mbakt_tf.cli.quiet_start import start_tensorflow
 
 FLAGS = flags.FLAGS
 define_saved_run_flags()
@@ -81,17 +80,16 @@ def optimize_config_from_flags():
     )
 
 
-def main(argv):
-    start_tensorflow()
+def _load_optimizer():
     from mbakt_tf import optimize, saved_runs, tf_keras_bridge
 
-    return run_checked_tool(
-        argv, optimize_config_from_flags, optimize.optimize_from_file,
-        errors=(optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
-                saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError),
-        report_text=lambda result: optimize.format_report(result.report),
-        checks_file="report.json",
-    )
+    errors = (optimize.TfmotUnavailableError, tf_keras_bridge.UnsupportedLayerError,
+              saved_runs.NotMBAKTModelError, ValueError, FileNotFoundError)
+    return optimize.optimize_from_file, errors, lambda result: optimize.format_report(result.report)
+
+
+def main(argv):
+    return run_checked_tool(argv, optimize_config_from_flags, _load_optimizer, checks_file="report.json")
 
 
 def run():
