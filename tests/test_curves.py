@@ -6,7 +6,6 @@ import os
 import sys
 
 import matplotlib.image
-import pytest
 
 from mbakt_tf import curves
 

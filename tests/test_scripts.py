@@ -45,7 +45,6 @@ def test_train_then_evaluate_on_synthetic_data(tmp_path):
     "args, message",
     [
         (["--backbone=resnet1000"], "flag --backbone=resnet1000: value should be one of"),
-        (["--dataset=no_such_dataset"], "no_such_dataset"),
         (["--alpha=2"], "alpha must be in [0, 1]"),
         (["--temperature=0"], "temperature must be > 0"),
         (["--batch_size=0"], "batch_size must be >= 1"),
