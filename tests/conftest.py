@@ -19,6 +19,25 @@ HEAVIEST_FIRST = (
 )
 
 
+# The files that read the shared trained run (`trained_run` below) go to one worker together, so that it
+# is trained once per `make test` rather than once per worker.
+TRAINED_RUN_FILES = ("test_export.py", "test_tensorboard.py", "test_curves.py", "test_guards.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TrainedRunFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            if os.path.basename(nodeid.split("::", 1)[0]) in TRAINED_RUN_FILES:
+                return "trained_run"
+            return super()._split_scope(nodeid)
+
+    return TrainedRunFilesTogether(config, log)
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
