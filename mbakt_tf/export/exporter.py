@@ -340,7 +340,7 @@ class _Export(MediaPipeSteps):
         }
 
     def saved_model(self):
-        """Writes the SavedModel, reloads it in a fresh process, checks its variables."""
+        """Writes the SavedModel, reloads it (in a fresh process unless fresh_process_check=False), checks it."""
         path = os.path.join(self.output_dir, SAVED_MODEL_DIR)
         self.say(f"SavedModel -> {path}")
         serving_model = rgb_input.with_rgb_input(self.keras_model) if self.config.rgb_input \
