@@ -204,11 +204,11 @@ def headline_table(rows, results_dir):
             _gain_cell(runs, row.variant, baseline, metric)
             for baseline in (row.plain, row.plain_same_time, row.byot, row.one)
         ]
-        means = [
-            100 * np.mean([r["test"][f"main_{metric}"] for (name, _), r in runs.items() if name == variant])
-            for variant in (row.variant, row.plain)
-        ]
-        cells.append(f"{means[0]:.2f} / {means[1]:.2f}")
+        means = []
+        for variant in (row.variant, row.plain):
+            values = [r["test"][f"main_{metric}"] for (name, _), r in runs.items() if name == variant]
+            means.append(f"{100 * np.mean(values):.2f}" if values else "-")  # a comparison still running
+        cells.append(" / ".join(means))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
