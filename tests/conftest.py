@@ -7,9 +7,9 @@ import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # Under pytest-xdist every worker is its own TensorFlow runtime, and each would start thread pools as
-# wide as the machine: on 2 cores, 2 workers then spend time switching and spinning (the default suite
-# ran 15-20 % slower that way). Each worker gets its share of the cores; scripts started by the tests
-# keep TensorFlow's defaults (MirroredStrategy on logical CPUs needs more than one inter-op thread).
+# wide as the machine: on 2 cores, 2 workers then spend time switching and spinning (`make test` took
+# 7 min 51 s that way, 6 min 58 s with shares). Each worker gets its share of the cores; scripts that
+# the tests start keep TensorFlow's defaults (MirroredStrategy on logical CPUs needs them).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import tensorflow as tf
 
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """helpers.TinyRun (config, result, warnings) of one tiny MBAKT run, trained once per pytest worker.
+    """helpers.TinyRun (config, result, warnings) of one tiny MBAKT run (its readers share a worker).
 
     Read-only: tests that change a model train their own.
     """
