@@ -20,7 +20,6 @@ from mbakt_tf.export import serving
 from tests.helpers import TINY_RUN_DATA, train_tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SYNTHETIC = TINY_RUN_DATA
 FORMATS = ("float32", "float16", "dynamic_range", "int8")
 # What the tests demand, stated once (the exporter's own bounds are export.PARITY_TOLERANCES):
 SAVED_MODEL_ATOL = 1e-4      # same TF kernels: max |logit diff| vs Keras
@@ -60,7 +59,7 @@ def test_images(run):
     from mbakt_tf import data
 
     splits = data.load_classification(
-        "synthetic", batch_size=128, validation_fraction=0.0, augment=False, synthetic_kwargs=SYNTHETIC)
+        "synthetic", batch_size=128, validation_fraction=0.0, augment=False, synthetic_kwargs=TINY_RUN_DATA)
     images, labels = next(iter(splits.test))
     return images.numpy(), labels.numpy()
 
@@ -81,7 +80,7 @@ def branch_export(exit_run, test_images, tmp_path_factory):
     from mbakt_tf import data
 
     splits = data.load_classification(
-        "synthetic", batch_size=64, validation_fraction=0.0, augment=False, synthetic_kwargs=SYNTHETIC)
+        "synthetic", batch_size=64, validation_fraction=0.0, augment=False, synthetic_kwargs=TINY_RUN_DATA)
     representative = next(iter(splits.train))[0].numpy()
     return export.export_model(
         exit_run.model, str(tmp_path_factory.mktemp("export") / "branch_1"),

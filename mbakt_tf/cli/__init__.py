@@ -11,6 +11,8 @@ import time
 from absl import app, logging
 from absl import flags as absl_flags  # `flags` is this package's module of flag groups
 
+from mbakt_tf.cli.quiet_start import start_tensorflow
+
 FLAGS = absl_flags.FLAGS
 
 
@@ -110,8 +112,6 @@ def run_checked_tool(argv, make_config, load_tool, checks_file):
     except saved_runs.NotMBAKTModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from mbakt_tf.cli.quiet_start import start_tensorflow
-
     start_tensorflow()
     from_file, errors, report_text = load_tool()
     progress = timed_progress()
