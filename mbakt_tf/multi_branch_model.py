@@ -26,7 +26,7 @@ import tensorflow as tf
 from keras import ops
 
 from mbakt_tf import branches as branches_lib
-from mbakt_tf import losses
+from mbakt_tf import losses, optimizers
 from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
 
@@ -86,7 +86,7 @@ class MultiBranchModel(keras.Model):
                     "pass g_optimizer= and d_optimizer=."
                 )
         g_optimizer = keras.optimizers.get(
-            g_optimizer or keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
+            g_optimizer or optimizers.SGD(0.05, momentum=0.9, nesterov=True)
         )
         super().compile(optimizer=g_optimizer, **kwargs)
         # Built here, inside the caller's strategy scope, on the right variables
@@ -94,7 +94,7 @@ class MultiBranchModel(keras.Model):
         self.optimizer.build(self.network.trainable_variables)
         if self.discriminator is not None:
             d_optimizer = keras.optimizers.get(
-                d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
+                d_optimizer or optimizers.Adam(2e-4, beta_1=0.5)
             )
             if self.dtype_policy.name == "mixed_float16" and not isinstance(
                 d_optimizer, keras.optimizers.LossScaleOptimizer
@@ -255,12 +255,15 @@ class MultiBranchModel(keras.Model):
         return real, fakes
 
     def _discriminator_view(self, inputs, labels):
-        """What the discriminator sees of `inputs`: with the one-hot label concatenated on the last
-        axis (conditional GAN) when `discriminator_condition="label"`."""
+        """What the discriminator sees of `inputs` (labels' shape, or with leading axes, plus the
+        last): with the one-hot label concatenated on the last axis (conditional GAN) when
+        `discriminator_condition="label"`."""
         if self.config.discriminator_condition != "label":
             return inputs
         # Labels outside [0, num_classes) (an ignore label) one-hot to zeros.
         one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
+        # `inputs` may carry leading axes (the branches) before the batch.
+        one_hot = ops.broadcast_to(one_hot, tf.concat([tf.shape(inputs)[:-1], [self.num_classes]], 0))
         return ops.concatenate([inputs, one_hot], axis=-1)
 
     # ------------------------------------------------------------------- steps
@@ -298,9 +301,12 @@ class MultiBranchModel(keras.Model):
 
     def _generator_terms(self, labels, outputs, logits, teacher, ensemble):
         cfg = self.config
-        ce = [losses.cross_entropy(labels, z, self.ignore_label) for z in logits]
         if not cfg.uses_branches:
-            return {"ce": ce[0]}, ce[0]
+            ce = losses.cross_entropy(labels, logits[0], self.ignore_label)
+            return {"ce": ce}, ce
+        # Every head's loss at once, on the heads' logits stacked: one set of ops, not one per head.
+        stacked = ops.stack(logits, axis=0)
+        ce = losses.cross_entropy_per_branch(labels, stacked, self.ignore_label)
         alpha = self.distillation_weight()
         main_features = outputs[f"{branches_lib.MAIN}_features"]
         hint = [
@@ -309,13 +315,12 @@ class MultiBranchModel(keras.Model):
         if cfg.resolved_teacher == "main":
             # The main branch is the teacher: it has nothing to distil from, so it
             # keeps its full cross-entropy (BYOT), the students mix ce and kd.
-            kd = [self._distillation(teacher, z, labels) for z in logits[1:]]
-            students_ce = ops.sum(ops.stack(ce[1:]))
-            mixed = ce[0] + (1.0 - alpha) * students_ce
+            kd = self._distillation(teacher, stacked[1:], labels)
+            mixed = ce[0] + (1.0 - alpha) * ops.sum(ce[1:])
         else:
-            kd = [self._distillation(teacher, z, labels) for z in logits]
-            mixed = (1.0 - alpha) * ops.sum(ops.stack(ce))
-        terms = {"ce": ops.sum(ops.stack(ce)), "kd": ops.sum(ops.stack(kd)), "hint": ops.sum(ops.stack(hint))}
+            kd = self._distillation(teacher, stacked, labels)
+            mixed = (1.0 - alpha) * ops.sum(ce)
+        terms = {"ce": ops.sum(ce), "kd": ops.sum(kd), "hint": ops.sum(ops.stack(hint))}
         total = mixed + alpha * terms["kd"] + cfg.beta * terms["hint"]
         if self.gated:
             # ONE: the gate (and, through the gated logits, every branch) learns from the labels;
@@ -326,21 +331,24 @@ class MultiBranchModel(keras.Model):
             total = total + terms["ensemble_ce"]
         return terms, total
 
-    def _distillation(self, teacher, student, labels):
-        return losses.distillation(
-            teacher, student, self.config.temperature, labels=labels, ignore_label=self.ignore_label
+    def _distillation(self, teacher, stacked_students, labels):
+        """The (students,) distillation losses of the students' stacked logits."""
+        return losses.distillation_per_branch(
+            teacher, stacked_students, self.config.temperature, labels=labels, ignore_label=self.ignore_label
         )
 
-    def _discriminator_update(self, real, fakes):
-        """Updates D on stop-gradient inputs; returns (its loss, its balanced accuracy)."""
+    def _discriminator_update(self, real, fake):
+        """Updates D on stop-gradient inputs (`fake`: every branch's, one after another on the
+        batch axis); returns (its loss, its balanced accuracy)."""
         cfg = self.config
-        real = ops.stop_gradient(real)
-        fake = ops.stop_gradient(ops.concatenate(fakes, axis=0))
+        both = ops.stop_gradient(ops.concatenate([real, fake], axis=0))
+        real_count = tf.shape(real)[0]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         for _ in range(cfg.discriminator_steps):
             with tf.GradientTape() as tape:
-                real_logits = self.discriminator(real, training=True)
-                fake_logits = self.discriminator(fake, training=True)
+                # One call on real and fake together: the discriminators have no batch statistics.
+                both_logits = self.discriminator(both, training=True)
+                real_logits, fake_logits = both_logits[:real_count], both_logits[real_count:]
                 d_loss = losses.discriminator_loss(
                     real_logits, fake_logits, cfg.discriminator_label_smoothing
                 )
@@ -353,11 +361,13 @@ class MultiBranchModel(keras.Model):
         """Updates the discriminator, adds its terms to `terms`; returns gamma(t) * adv."""
         real, fakes = self._adversary_inputs(outputs, logits, teacher)
         real = self._discriminator_view(real, labels)
-        fakes = [self._discriminator_view(f, labels) for f in fakes]
+        # Every branch's fakes in one batch (one discriminator call, one label view), branch after branch.
+        fake = self._discriminator_view(ops.stack(fakes, axis=0), labels)
+        fake = tf.reshape(fake, tf.concat([[-1], tf.shape(fake)[2:]], axis=0))
         with tape.stop_recording():
-            terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(real, fakes)
-        adv = [losses.adversarial(self.discriminator(f, training=False)) for f in fakes]
-        terms["adv"] = ops.sum(ops.stack(adv))
+            terms["d_loss"], terms["d_balanced_accuracy"] = self._discriminator_update(real, fake)
+        adv = losses.adversarial_per_branch(self.discriminator(fake, training=False), len(fakes))
+        terms["adv"] = ops.sum(adv)
         return self.adversarial_weight() * terms["adv"]
 
     @staticmethod

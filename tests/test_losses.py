@@ -95,3 +95,21 @@ def test_gradient_norm_ratio_by_hand():
         large = tf.reduce_sum(x**2)  # gradient (6, 8): norm 10
     ratio = float(losses.gradient_norm_ratio(tape, small, large, [x]))
     assert ratio == pytest.approx(np.sqrt(0.5) / 10, rel=1e-6)
+
+
+def test_per_branch_losses_equal_each_heads_loss():
+    # Segmentation-shaped: 3 heads' logits over a (2, 2, 2) label map with ignored pixels.
+    rng = np.random.default_rng(0)
+    stacked = rng.normal(size=(3, 2, 2, 2, 4)).astype("float32")
+    labels = np.array([[[0, 255], [3, 1]], [[2, 2], [255, 0]]])
+    teacher = rng.normal(size=(2, 2, 2, 4)).astype("float32")
+    ce = losses.cross_entropy_per_branch(labels, stacked, ignore_label=255)
+    kd = losses.distillation_per_branch(teacher, stacked, 2.0, labels=labels, ignore_label=255)
+    np.testing.assert_allclose(
+        ce, [losses.cross_entropy(labels, z, ignore_label=255) for z in stacked], rtol=1e-6)
+    np.testing.assert_allclose(
+        kd, [losses.distillation(teacher, z, 2.0, labels=labels, ignore_label=255) for z in stacked], rtol=1e-5)
+    fake_logits = rng.normal(size=(3 * 5, 1)).astype("float32")  # 3 branches' 5 fakes, branch after branch
+    np.testing.assert_allclose(
+        losses.adversarial_per_branch(fake_logits, 3),
+        [losses.adversarial(part) for part in np.split(fake_logits, 3)], rtol=1e-6)

@@ -127,8 +127,11 @@ class MBAKTModelTest(parameterized.TestCase):
         original = model._discriminator_view
         model._discriminator_view = lambda x, y: seen.append(original(x, y)) or seen[-1]
         model.train_step((self.images, self.labels))
-        real = np.array(seen[0])
+        real, fakes = np.array(seen[0]), np.array(seen[1])
         np.testing.assert_array_equal(real[:, width:], np.eye(4)[self.labels])
+        assert fakes.shape[:2] == (len(model.branch_names), len(self.labels))  # every branch's, stacked
+        for branch_fakes in fakes:
+            np.testing.assert_array_equal(branch_fakes[:, width:], np.eye(4)[self.labels])
         unconditioned = tiny_model(mode="mbakt", adversarial_input=adversarial_input, discriminator_condition="none")
         assert unconditioned.discriminator.input.shape[-1] == width
 
