@@ -26,7 +26,7 @@ import tensorflow as tf
 from keras import ops
 
 from mbakt_tf import branches as branches_lib
-from mbakt_tf import losses, optimizers
+from mbakt_tf import losses
 from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
 
@@ -86,7 +86,7 @@ class MultiBranchModel(keras.Model):
                     "pass g_optimizer= and d_optimizer=."
                 )
         g_optimizer = keras.optimizers.get(
-            g_optimizer or optimizers.SGD(0.05, momentum=0.9, nesterov=True)
+            g_optimizer or keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)
         )
         super().compile(optimizer=g_optimizer, **kwargs)
         # Built here, inside the caller's strategy scope, on the right variables
@@ -94,7 +94,7 @@ class MultiBranchModel(keras.Model):
         self.optimizer.build(self.network.trainable_variables)
         if self.discriminator is not None:
             d_optimizer = keras.optimizers.get(
-                d_optimizer or optimizers.Adam(2e-4, beta_1=0.5)
+                d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
             )
             if self.dtype_policy.name == "mixed_float16" and not isinstance(
                 d_optimizer, keras.optimizers.LossScaleOptimizer

@@ -132,7 +132,6 @@ METHOD_FILES = (
     "mbakt_tf/model.py", "mbakt_tf/multi_branch_model.py", "mbakt_tf/segmentation_model.py",
     "mbakt_tf/branches.py", "mbakt_tf/losses.py", "mbakt_tf/discriminator.py", "mbakt_tf/backbones.py",
     "mbakt_tf/config.py", "mbakt_tf/custom_loop.py", "mbakt_tf/segmentation.py", "mbakt_tf/training.py",
-    "mbakt_tf/optimizers.py",
     "mbakt_tf/data/augment.py", "mbakt_tf/data/pipeline.py", "mbakt_tf/data/classification.py",
     "mbakt_tf/data/fashion_mnist.py", "mbakt_tf/data/synthetic.py", "mbakt_tf/data/split_plan.py",
 )

@@ -19,8 +19,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mbakt_tf import atomic, curves, custom_loop, distribute, guards, optimizers, reporting, resume
-from mbakt_tf import run_timing, tasks
+from mbakt_tf import atomic, curves, custom_loop, distribute, guards, reporting, resume, run_timing, tasks
 from mbakt_tf import data as data_lib
 from mbakt_tf.branches import ENSEMBLE
 from mbakt_tf.config import MBAKTConfig
@@ -108,15 +107,15 @@ def make_optimizers(train_config, steps_per_epoch):
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
     decay = train_config.weight_decay or None
     if train_config.optimizer == "sgd":
-        g_optimizer = optimizers.SGD(
+        g_optimizer = keras.optimizers.SGD(
             learning_rate, momentum=train_config.momentum, nesterov=train_config.momentum > 0,
             weight_decay=decay,
         )
     elif train_config.optimizer == "adam":
-        g_optimizer = optimizers.Adam(learning_rate, weight_decay=decay)
+        g_optimizer = keras.optimizers.Adam(learning_rate, weight_decay=decay)
     else:
         g_optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=train_config.weight_decay)
-    d_optimizer = optimizers.Adam(train_config.d_learning_rate, beta_1=0.5)
+    d_optimizer = keras.optimizers.Adam(train_config.d_learning_rate, beta_1=0.5)
     return g_optimizer, d_optimizer
 
 

@@ -21,8 +21,8 @@ from tests.helpers import tiny_batch, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One training step (the library's fused SGD with momentum for the network, its
-# fused Adam for the discriminator, adversarial term on from step 1) on one global batch of 8,
+# One training step (SGD with momentum for the network, Adam for the
+# discriminator, adversarial term on from step 1) on one global batch of 8,
 # under MirroredStrategy over 2 logical CPUs (4 examples per replica) and
 # under OneDeviceStrategy (all 8 on one device), from the same initial weights.
 #
@@ -56,8 +56,8 @@ def build(sync_bn, eager, precise_bn=True):
         model.precise_batch_norm_examples = 0
     if sync_bn:
         distribute.synchronize_batchnorm(model)
-    model.compile(g_optimizer=mbakt_tf.optimizers.SGD(0.1, momentum=0.9),
-                  d_optimizer=mbakt_tf.optimizers.Adam(1e-2), run_eagerly=eager)
+    model.compile(g_optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                  d_optimizer=keras.optimizers.Adam(1e-2), run_eagerly=eager)
     return model
 
 def one_step(strategy, sync_bn, eager, images, labels, precise_bn=True):
