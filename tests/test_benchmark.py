@@ -19,6 +19,9 @@ def test_benchmark_times_every_variant_and_its_flops():
     assert flops["plain"] == 1.0 and 1.0 < flops["branches"] < flops["mbakt"]
     text = benchmark.format_report(report)
     assert "discriminator update" in text and "x plain" in text and "step / FLOPs ratio" in text
+    assert "fastest round" in text and report["fastest_ratio_to_plain"]["plain"] == 1.0
+    fastest = {k: min(t["all_seconds"]) for k, t in report["timings"].items()}
+    assert report["fastest_ratio_to_plain"]["mbakt"] == pytest.approx(fastest["mbakt"] / fastest["plain"])
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ flags.DEFINE_list(
     "Variants to time (see mbakt_tf.benchmark.VARIANTS).",
 )
 flags.DEFINE_integer("steps", 10, "Steps per timed round.")
-flags.DEFINE_integer("repeats", 5, "Timed rounds; the median is reported.")
+flags.DEFINE_integer("repeats", 5, "Timed rounds; the median is reported, and the fastest round's ratios.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step.")
 flags.DEFINE_bool("mixed_precision", False, "Use the mixed_float16 policy.")
