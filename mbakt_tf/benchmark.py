@@ -9,7 +9,9 @@ ratio to plain of the step time and of the training network's forward FLOPs
 step costs more than its FLOPs say shows up. The step/FLOPs ratio is also given
 from each variant's fastest round: other processes only ever add time, so on a
 shared machine, where rounds of one variant can differ by a fifth, the fastest
-round is the steadier measure of what the code costs.
+round is the steadier measure of what the code costs. The report also counts
+each variant's step ops (`graph_ops`), a measure of fixed per-step cost that
+no machine's noise moves.
 
 The first variants split the extra time of the `exit` design into its parts:
 
@@ -93,7 +95,7 @@ def benchmark_train_step(
         images = tf.constant(rng.uniform(0, 255, (batch_size,) + tuple(input_shape)).astype("float32"))
         labels = tf.constant(rng.integers(0, num_classes, batch_size).astype("int32"))
         batch = (images, labels)
-        steps_by_variant, forward_flops = {}, {}
+        steps_by_variant, forward_flops, step_ops = {}, {}, {}
         for variant in variants:
             keras.utils.set_random_seed(seed)
             config = dataclasses.replace(base_config, **VARIANTS[variant])
@@ -104,6 +106,7 @@ def benchmark_train_step(
             for _ in range(warmup):
                 float(step(batch)["loss"])
             steps_by_variant[variant] = step
+            step_ops[variant] = graph_ops(step, batch)
         # Rounds interleave the variants, so load from other processes hits all alike.
         rounds = {variant: [] for variant in variants}
         for _ in range(repeats):
@@ -130,6 +133,7 @@ def benchmark_train_step(
         "repeats": repeats,
         "timings": {k: dataclasses.asdict(v) for k, v in timings.items()},
         "forward_flops": forward_flops,
+        "step_ops": step_ops,
     }
     if "plain" in timings:
         plain = timings["plain"].median_seconds
@@ -143,6 +147,13 @@ def benchmark_train_step(
         for earlier, later in zip(order, order[1:])
     }
     return report
+
+
+def graph_ops(step, batch):
+    """Non-constant ops in the graph of the compiled `step` on `batch`: what the step costs before
+    any arithmetic, the same on every machine (each op is a kernel launch, a GPU's fixed cost)."""
+    graph = step.get_concrete_function(batch).graph
+    return sum(1 for op in graph.get_operations() if op.type != "Const")
 
 
 _PARTS = {
@@ -160,7 +171,7 @@ def format_report(report):
         f"mixed_precision={report['mixed_precision']}; median of {report['repeats']} rounds "
         f"x {report['steps']} steps",
         f"{'variant':>10}  {'ms/step':>8}  {'images/s':>9}  {'x plain':>7}  {'FLOPs x plain':>13}  "
-        f"{'step / FLOPs ratio':>18}  {'fastest round: step / FLOPs':>27}",
+        f"{'step / FLOPs ratio':>18}  {'fastest round: step / FLOPs':>27}  {'step ops':>8}",
     ]
     for variant, timing in report["timings"].items():
         ratio = report.get("ratio_to_plain", {}).get(variant)
@@ -171,7 +182,8 @@ def format_report(report):
             f"{timing['images_per_second']:9.1f}  {'-' if ratio is None else f'{ratio:7.3f}'}  "
             f"{'-' if flops_ratio is None else f'{flops_ratio:13.3f}'}  "
             f"{'-' if ratio is None else f'{ratio / flops_ratio:18.3f}'}  "
-            f"{'-' if fastest is None else f'{fastest / flops_ratio:27.3f}'}"
+            f"{'-' if fastest is None else f'{fastest / flops_ratio:27.3f}'}  "
+            f"{report.get('step_ops', {}).get(variant, '-'):>8}"
         )
     if report["extra_seconds"]:
         lines.append("where the extra time goes (difference to the variant above):")
