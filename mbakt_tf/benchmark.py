@@ -150,8 +150,8 @@ def benchmark_train_step(
 
 
 def graph_ops(step, batch):
-    """Non-constant ops in the graph of the compiled `step` on `batch`: what the step costs before
-    any arithmetic, the same on every machine (each op is a kernel launch, a GPU's fixed cost)."""
+    """Non-constant ops in the graph of the compiled `step` on `batch`, the same on every machine: on
+    a GPU each is a kernel launch, a cost that does not shrink with the arithmetic."""
     graph = step.get_concrete_function(batch).graph
     return sum(1 for op in graph.get_operations() if op.type != "Const")
 
