@@ -69,16 +69,8 @@ def _masked_mean_per_branch(values, mask):
 
 def distillation(teacher_logits, student_logits, temperature, labels=None, ignore_label=None):
     """`T^2 * KL(softmax(teacher / T) || softmax(student / T))`, mean over positions."""
-    teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
-    student_logits = ops.cast(student_logits, "float32")
-    teacher_log_probs = ops.log_softmax(teacher_logits / temperature, axis=-1)
-    student_log_probs = ops.log_softmax(student_logits / temperature, axis=-1)
-    kl = ops.sum(ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
-    if labels is None:
-        mask = ops.ones_like(kl)
-    else:
-        mask = _valid_mask(ops.cast(labels, "int32"), ignore_label)
-    return temperature**2 * _masked_mean(kl, mask)
+    stacked = ops.expand_dims(student_logits, 0)  # one student
+    return distillation_per_branch(teacher_logits, stacked, temperature, labels, ignore_label)[0]
 
 
 def distillation_per_branch(teacher_logits, stacked_student_logits, temperature, labels=None,
