@@ -4,6 +4,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
 # Under pytest-xdist every worker is its own TensorFlow runtime, and each would start thread pools as
@@ -11,11 +12,15 @@ from absl import flags  # noqa: E402
 # 7 min 51 s that way, 6 min 58 s with shares). Each worker gets its share of the cores; scripts that
 # the tests start keep TensorFlow's defaults (MirroredStrategy on logical CPUs needs them).
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    import tensorflow as tf
-
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     tf.config.threading.set_intra_op_parallelism_threads(_threads)
     tf.config.threading.set_inter_op_parallelism_threads(_threads)
+
+# Grappler rewrites every traced graph so that it runs faster, which the tests' tiny graphs, each run a
+# few times, do not repay: without it test_model.py's ten test_modes cases took 95-98 s instead of
+# 116-121 s here (the whole suite's run-to-run noise, ±30 s, hides what it saves there). The scripts the tests start (train, export, compare, ...) are separate processes
+# with Grappler on, so the optimized graphs stay tested end to end.
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 # absl's parameterized.TestCase.create_tempdir reads --test_tmpdir; under pytest
 # nobody parses absl flags, so take the defaults.
