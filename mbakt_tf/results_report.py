@@ -188,7 +188,8 @@ def headline_table(rows, results_dir):
 
     A cell reads `+0.41 ± 0.12 (3)`: mean ± std of the per-seed differences of
     the main branch's test metric, in points, over the 3 seeds both have; bold
-    when more than twice its std over 3 or more seeds. A row whose comparison
+    when more than twice its std over 3 or more seeds. The last cell holds the
+    default's and plain's mean over the seeds both have. A row whose comparison
     has no records yet says so.
     """
     header = ["training images", "vs plain", "vs plain, same training time", "vs BYOT", "vs ONE-style",
@@ -204,13 +205,22 @@ def headline_table(rows, results_dir):
             _gain_cell(runs, row.variant, baseline, metric)
             for baseline in (row.plain, row.plain_same_time, row.byot, row.one)
         ]
-        means = []
-        for variant in (row.variant, row.plain):
-            values = [r["test"][f"main_{metric}"] for (name, _), r in runs.items() if name == variant]
-            means.append(f"{100 * np.mean(values):.2f}" if values else "-")  # a comparison still running
-        cells.append(" / ".join(means))
+        cells.append(_means_cell(runs, (row.variant, row.plain), metric))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _means_cell(runs, variants, metric):
+    """`83.10 / 80.10 (3)`: each variant's mean test metric over the seeds they all have, so that a
+    comparison still running does not set one seed of a variant against three of another. Without a
+    common seed (one side not started), each side's own mean, `-` for none."""
+    seeds = [{seed for (name, seed) in runs if name == variant} for variant in variants]
+    common = set.intersection(*seeds)
+    means = []
+    for variant, own in zip(variants, seeds):
+        values = [runs[variant, seed]["test"][f"main_{metric}"] for seed in sorted(common or own)]
+        means.append(f"{100 * np.mean(values):.2f}" if values else "-")
+    return " / ".join(means) + (f" ({len(common)})" if common else "")
 
 
 def load_headline_rows(results_dir):
