@@ -17,9 +17,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     tf.config.threading.set_inter_op_parallelism_threads(_threads)
 
 # Grappler rewrites every traced graph so that it runs faster, which the tests' tiny graphs, each run a
-# few times, do not repay: without it test_model.py's ten test_modes cases took 95-98 s instead of
-# 116-121 s here (the whole suite's run-to-run noise, ±30 s, hides what it saves there). The scripts the tests start (train, export, compare, ...) are separate processes
-# with Grappler on, so the optimized graphs stay tested end to end.
+# few times, do not repay. Measured here, one process each: test_model.py's ten test_modes cases took
+# 95-98 s without it against 116-121 s with it; test_resume.py + test_distribute.py (many steps) took
+# 110.6 against 110.4 s. The scripts the tests start (train, export, compare, ...) are separate
+# processes with Grappler on, so the optimized graphs stay tested end to end.
 tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 # absl's parameterized.TestCase.create_tempdir reads --test_tmpdir; under pytest
