@@ -35,8 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from mbakt_tf import backbones as backbones_lib
+from mbakt_tf.branch_names import MAIN, branch_names_of  # noqa: F401 - part of this module's API
 
-MAIN = "main"
 ENSEMBLE = "ensemble"  # the teacher head of the metrics (the gated or mean logits)
 BN_MOMENTUM = backbones_lib.BN_MOMENTUM  # one momentum for every batch norm we build
 
@@ -343,17 +343,6 @@ def _exit_branches(outputs, backbone, stages, num_classes, branch_stages, adapta
         adapted = adaptation_block(stages[stage - 1], main_shape, separable, f"{branch}_adapt")
         _add_head(outputs, branch, adapted, num_classes)
     return stages[chosen[0] - 1]
-
-
-def branch_names_of(outputs):
-    """`["main", "branch_1", ...]` of a dict of network outputs, main first."""
-    names = sorted(
-        {key[: -len("_logits")] for key in outputs if key.endswith("_logits")} - {MAIN},
-        key=lambda n: int(n.split("_")[-1]),
-    )
-    return [MAIN] + names
-
-    return keras.Model(images, outputs, name=name)
 
 
 def main_branch_model(network, name="main_branch"):

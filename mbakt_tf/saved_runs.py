@@ -23,6 +23,8 @@ import zipfile
 
 import numpy as np
 
+from mbakt_tf import branch_names
+
 MBAKT_CLASSES = ("MBAKT", "MBAKTSegmenter")
 RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
@@ -49,8 +51,8 @@ def resolve_model_path(path):
     return path
 
 
-def _saved_class(path):
-    """(class_name, registered_name, name) from a .keras archive's config, without loading it."""
+def _saved_config(path):
+    """A .keras archive's config.json as a dict, without loading the model."""
     if not zipfile.is_zipfile(path):
         raise NotMBAKTModelError(
             f"{path} is not a Keras .keras archive (a zip file): save the model with "
@@ -59,8 +61,23 @@ def _saved_class(path):
     with zipfile.ZipFile(path) as archive:
         if "config.json" not in archive.namelist():
             raise NotMBAKTModelError(f"{path} is a zip file but not a Keras .keras archive (no config.json).")
-        config = json.loads(archive.read("config.json"))
+        return json.loads(archive.read("config.json"))
+
+
+def _saved_class(path):
+    """(class_name, registered_name, name) from a .keras archive's config, without loading it."""
+    config = _saved_config(path)
     return config.get("class_name"), config.get("registered_name"), config.get("config", {}).get("name")
+
+
+def saved_branch_names(path):
+    """`["main", "branch_1", ...]` of the MBAKT model saved at `path`, read from its config (no TensorFlow).
+
+    None when the config does not name its network's outputs (then loading the model tells).
+    """
+    network = _saved_config(resolve_model_path(path)).get("config", {}).get("network")
+    outputs = network.get("config", {}).get("output_layers") if isinstance(network, dict) else None
+    return branch_names.branch_names_of(outputs) if isinstance(outputs, dict) else None
 
 
 def check_mbakt_model_file(path):

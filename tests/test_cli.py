@@ -89,6 +89,20 @@ def test_a_wrong_model_is_refused_before_tensorflow(script, tmp_path):
     assert f"EXIT {1 if script == 'evaluate.py' else 2}" in other.stdout  # export/optimize: 2 for a model they refuse
 
 
+def test_an_unknown_export_branch_is_refused_before_tensorflow(tmp_path):
+    network = {"class_name": "Functional", "config": {"name": "mbakt_network", "output_layers": {
+        "main_logits": ["main_logits", 0, 0], "branch_1_logits": ["branch_1_logits", 0, 0],
+        "branch_2_logits": ["branch_2_logits", 0, 0], "gate": ["gate", 0, 0]}}}
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({"class_name": "MBAKT", "config": {"network": network}}))
+    result = run_python(RUN_SCRIPT_THEN_LIST_HEAVY_MODULES, os.path.join("scripts", "export.py"),
+                        f"--model={tmp_path}", "--branch=3", f"--output_dir={tmp_path / 'out'}")
+    assert "Unknown branch '3': this model has 'main' and its early exits are branch_1, branch_2" in result.stderr
+    assert "EXIT 2" in result.stdout and "tensorflow" not in result.stdout, result.stdout[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
 DESCRIBE_FLAGS = """
 import dataclasses, importlib, json, sys
 from absl import flags

@@ -357,8 +357,9 @@ def test_export_script_end_to_end(run, tmp_path):
     assert manifest["ok"] and set(manifest["files"]) == {"saved_model", "float32", "int8"}
     assert (out / "model_int8.tflite").is_file() and (out / "labels.txt").is_file()
 
-    code, _, stderr = results["branch"]
+    code, _, stderr = results["branch"]  # refused from the saved config (test_cli.py: before TensorFlow)
     assert code == 2 and "Unknown branch '5'" in stderr and "branch_1, branch_2" in stderr
+    assert saved_runs.saved_branch_names(run.run_dir) == run.model.branch_names
     code, _, stderr = results["plain"]
     assert code == 2 and "not an MBAKT model" in stderr
     assert not (tmp_path / "b").exists() and not (tmp_path / "p").exists()

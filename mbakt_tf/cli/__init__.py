@@ -88,12 +88,13 @@ def define_saved_run_flags():
     absl_flags.mark_flag_as_required("model")
 
 
-def run_checked_tool(argv, make_config, load_tool, checks_file):
+def run_checked_tool(argv, make_config, load_tool, checks_file, check_saved_model=None):
     """The `main` of the export and optimize scripts, which share their flags' meaning and exit codes.
 
     `make_config()` turns the flags into a config (a `ValueError` is a usage
     error). `--model` must hold an MBAKT model, checked before TensorFlow
-    starts. Then `load_tool()` (after TensorFlow's start) gives `(from_file,
+    starts, as is `check_saved_model(model_path, config)` when given (a
+    `ValueError` is a model the tool refuses). Then `load_tool()` (after TensorFlow's start) gives `(from_file,
     errors, report_text)`: `from_file(--model, output_dir=, config=, dataset=,
     data_dir=, image_size=, progress=)` does the work; `report_text(result)`
     is printed, then the files written. Returns the exit status: 2 after
@@ -109,7 +110,9 @@ def run_checked_tool(argv, make_config, load_tool, checks_file):
     model_path = model_path_flag(FLAGS.model)
     try:
         saved_runs.check_mbakt_model_file(model_path)
-    except saved_runs.NotMBAKTModelError as error:
+        if check_saved_model is not None:
+            check_saved_model(model_path, config)
+    except ValueError as error:  # saved_runs.NotMBAKTModelError is one
         print(f"error: {error}", file=sys.stderr)
         return 2
     start_tensorflow()

@@ -92,8 +92,18 @@ def _load_exporter():
     return export.export_from_file, errors, lambda result: export.format_report(result.manifest)
 
 
+def _check_branch(model_path, config):
+    """An unknown --branch is refused from the saved config, before TensorFlow starts."""
+    from mbakt_tf import saved_runs
+
+    names = saved_runs.saved_branch_names(model_path)
+    if names is not None:
+        config.branch_of(names)
+
+
 def main(argv):
-    return run_checked_tool(argv, export_config_from_flags, _load_exporter, checks_file="manifest.json")
+    return run_checked_tool(argv, export_config_from_flags, _load_exporter, checks_file="manifest.json",
+                            check_saved_model=_check_branch)
 
 
 def run():

@@ -146,6 +146,26 @@ class ExportConfig:
             return "main"
         return self.branch if self.branch.startswith("branch_") else f"branch_{self.branch}"
 
+    def branch_of(self, branch_names):
+        """The `"main"` or `"branch_k"` that `self.branch` names among a model's `branch_names`.
+
+        >>> ExportConfig(branch="2").branch_of(["main", "branch_1", "branch_2"])
+        'branch_2'
+
+        Raises:
+            ValueError: the model has no such branch (the message lists the ones it has).
+        """
+        request = self.resolved_branch_request
+        if request not in branch_names:
+            exits = list(branch_names)[1:]
+            available = (
+                f"its early exits are {', '.join(exits)} (1 = shallowest)"
+                if exits
+                else "it has no early exits (trained in mode 'plain')"
+            )
+            raise ValueError(f"Unknown branch {self.branch!r}: this model has 'main' and {available}.")
+        return request
+
     def to_dict(self):
         values = dataclasses.asdict(self)
         values["formats"] = list(self.formats)

@@ -112,16 +112,7 @@ def _quiet(progress):
 
 def resolve_branch(model, branch=None):
     """`"main"` or the `"branch_k"` of `model` that `branch` (None, "main", k, "k", "branch_k") names."""
-    request = ExportConfig(branch=None if branch is None else str(branch)).resolved_branch_request
-    if request not in model.branch_names:
-        exits = model.branch_names[1:]
-        available = (
-            f"its early exits are {', '.join(exits)} (1 = shallowest)"
-            if exits
-            else "it has no early exits (trained in mode 'plain')"
-        )
-        raise ValueError(f"Unknown branch {branch!r}: this model has 'main' and {available}.")
-    return request
+    return ExportConfig(branch=None if branch is None else str(branch)).branch_of(model.branch_names)
 
 
 def deployable_model(model, branch=None):
