@@ -354,6 +354,18 @@ def default_output_dir(model_path):
     return saved_runs.sibling_dir(model_path, "_optimize")
 
 
+def check_saved_model(model_path, config=None):
+    """Refuses a saved model that QAT and pruning do not support, from its config alone (no TensorFlow).
+
+    Raises:
+        saved_runs.NotMBAKTModelError: a segmenter (QAT and pruning take classifiers for now).
+    """
+    class_name = saved_runs.saved_class_name(model_path)
+    if class_name == "MBAKTSegmenter":
+        raise saved_runs.NotMBAKTModelError(
+            f"{model_path} holds a {class_name}: QAT and pruning support MBAKT classification models for now.")
+
+
 def optimize_from_file(model_path, output_dir=None, config=None, dataset=None, data_dir=None,
                        image_size=None, progress=None):
     """Loads a saved MBAKT model and its run's data, then `optimize_model`.
@@ -367,12 +379,9 @@ def optimize_from_file(model_path, output_dir=None, config=None, dataset=None, d
     say = progress or (lambda message: None)
     tfmot_python(config.tfmot_python)  # fail before loading anything
     model_path = saved_runs.resolve_model_path(model_path)
+    check_saved_model(model_path)
     say(f"Loading {model_path}")
     model = saved_runs.load_mbakt_model(model_path)
-    if saved_runs.is_segmenter(model):
-        raise saved_runs.NotMBAKTModelError(
-            f"{model_path} holds a {type(model).__name__}: QAT and pruning support MBAKT "
-            "classification models for now.")
     output_dir = output_dir or default_output_dir(model_path)
 
     def load(augment, batch_size):

@@ -70,6 +70,11 @@ def _saved_class(path):
     return config.get("class_name"), config.get("registered_name"), config.get("config", {}).get("name")
 
 
+def saved_class_name(path):
+    """The class of the model saved at `path` (a .keras file or run folder), e.g. "MBAKTSegmenter"; no TensorFlow."""
+    return _saved_class(resolve_model_path(path))[0]
+
+
 def saved_branch_names(path):
     """`["main", "branch_1", ...]` of the MBAKT model saved at `path`, read from its config (no TensorFlow).
 

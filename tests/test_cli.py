@@ -89,16 +89,27 @@ def test_a_wrong_model_is_refused_before_tensorflow(script, tmp_path):
     assert f"EXIT {1 if script == 'evaluate.py' else 2}" in other.stdout  # export/optimize: 2 for a model they refuse
 
 
-def test_an_unknown_export_branch_is_refused_before_tensorflow(tmp_path):
+def _mbakt_archive_of(path, class_name="MBAKT"):
+    """A .keras archive of an MBAKT model with two peers, as far as its config tells (no weights)."""
     network = {"class_name": "Functional", "config": {"name": "mbakt_network", "output_layers": {
         "main_logits": ["main_logits", 0, 0], "branch_1_logits": ["branch_1_logits", 0, 0],
         "branch_2_logits": ["branch_2_logits", 0, 0], "gate": ["gate", 0, 0]}}}
-    path = tmp_path / "model.keras"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("config.json", json.dumps({"class_name": "MBAKT", "config": {"network": network}}))
-    result = run_python(RUN_SCRIPT_THEN_LIST_HEAVY_MODULES, os.path.join("scripts", "export.py"),
-                        f"--model={tmp_path}", "--branch=3", f"--output_dir={tmp_path / 'out'}")
-    assert "Unknown branch '3': this model has 'main' and its early exits are branch_1, branch_2" in result.stderr
+        archive.writestr("config.json", json.dumps({"class_name": class_name, "config": {"network": network}}))
+    return str(path)
+
+
+@pytest.mark.parametrize("script, class_name, args, expected", [
+    ("export.py", "MBAKT", ["--branch=3"],
+     "Unknown branch '3': this model has 'main' and its early exits are branch_1, branch_2"),
+    ("optimize.py", "MBAKTSegmenter", [], "MBAKTSegmenter: QAT and pruning support MBAKT classification models"),
+])
+def test_a_model_the_script_cannot_take_is_refused_from_its_config_before_tensorflow(
+        script, class_name, args, expected, tmp_path):
+    _mbakt_archive_of(tmp_path / "model.keras", class_name)
+    result = run_python(RUN_SCRIPT_THEN_LIST_HEAVY_MODULES, os.path.join("scripts", script),
+                        f"--model={tmp_path}", f"--output_dir={tmp_path / 'out'}", *args)
+    assert expected in result.stderr, result.stderr[-2000:]
     assert "EXIT 2" in result.stdout and "tensorflow" not in result.stdout, result.stdout[-2000:]
     assert not (tmp_path / "out").exists()
 

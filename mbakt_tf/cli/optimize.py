@@ -89,7 +89,10 @@ def _load_optimizer():
 
 
 def main(argv):
-    return run_checked_tool(argv, optimize_config_from_flags, _load_optimizer, checks_file="report.json")
+    from mbakt_tf import optimize
+
+    return run_checked_tool(argv, optimize_config_from_flags, _load_optimizer, checks_file="report.json",
+                            check_saved_model=optimize.check_saved_model)
 
 
 def run():
