@@ -1,3 +1,5 @@
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -6,6 +8,15 @@ from absl.testing import parameterized
 import mbakt_tf
 from mbakt_tf import backbones, losses
 from tests.helpers import run_mbakt_model_test, tiny_batch, tiny_cspdarknet, tiny_model
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_main_branch(backbone, input_shape):
+    """(parameters, FLOPs, weight count) of the plain model's main branch, built once per backbone."""
+    from mbakt_tf import flops
+
+    plain = tiny_model(backbone, input_shape=input_shape, mode="plain").main_model()
+    return plain.count_params(), flops.count_flops(plain), len(plain.weights)
 
 
 class MBAKTModelTest(parameterized.TestCase):
@@ -41,14 +52,14 @@ class MBAKTModelTest(parameterized.TestCase):
         from mbakt_tf import flops
 
         shape = (16, 16, 1) if name.startswith("small") else (32, 32, 3)
-        plain = tiny_model(name, input_shape=shape, mode="plain").main_model()
+        plain_params, plain_flops, plain_weights = _plain_main_branch(name, shape)
         mbakt = tiny_model(name, input_shape=shape, mode="mbakt", branch_design=design, ensemble="gated")
-        assert mbakt.main_model().count_params() == plain.count_params()
-        assert flops.count_flops(mbakt.main_model()) == flops.count_flops(plain)
-        assert mbakt.network.count_params() > plain.count_params()
+        assert mbakt.main_model().count_params() == plain_params
+        assert flops.count_flops(mbakt.main_model()) == plain_flops
+        assert mbakt.network.count_params() > plain_params
         main_layers = {layer.name for layer in mbakt.main_model().layers}
         assert not any(n.startswith(("branch_", "gate")) for n in main_layers)
-        assert len(mbakt.main_model().weights) == len(plain.weights)
+        assert len(mbakt.main_model().weights) == plain_weights
         # Every auxiliary branch is a standalone model (an early exit for "exit").
         for branch in mbakt.branch_names[1:]:
             assert tuple(mbakt.branch_model(branch).output.shape) == (None, 4)
