@@ -357,6 +357,8 @@ def default_output_dir(model_path):
 def check_saved_model(model_path, config=None):
     """Refuses a saved model that QAT and pruning do not support, from its config alone (no TensorFlow).
 
+    `config` (an `OptimizeConfig`) is what `scripts/optimize.py` passes; no option changes the answer.
+
     Raises:
         saved_runs.NotMBAKTModelError: a segmenter (QAT and pruning take classifiers for now).
     """

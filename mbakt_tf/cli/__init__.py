@@ -94,7 +94,8 @@ def run_checked_tool(argv, make_config, load_tool, checks_file, check_saved_mode
     `make_config()` turns the flags into a config (a `ValueError` is a usage
     error). `--model` must hold an MBAKT model, checked before TensorFlow
     starts, as is `check_saved_model(model_path, config)` when given (a
-    `ValueError` is a model the tool refuses). Then `load_tool()` (after TensorFlow's start) gives `(from_file,
+    `ValueError` is a model the tool refuses). Then `load_tool()` (after
+    TensorFlow's start) gives `(from_file,
     errors, report_text)`: `from_file(--model, output_dir=, config=, dataset=,
     data_dir=, image_size=, progress=)` does the work; `report_text(result)`
     is printed, then the files written. Returns the exit status: 2 after
