@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from mbakt_tf import backbones as backbones_lib
-from mbakt_tf.branch_names import MAIN, branch_names_of  # noqa: F401 - part of this module's API
+from mbakt_tf.branch_names import MAIN, branch_names_of
 
 ENSEMBLE = "ensemble"  # the teacher head of the metrics (the gated or mean logits)
 BN_MOMENTUM = backbones_lib.BN_MOMENTUM  # one momentum for every batch norm we build

@@ -95,9 +95,9 @@ def run_checked_tool(argv, make_config, load_tool, checks_file, check_saved_mode
     error). `--model` must hold an MBAKT model, checked before TensorFlow
     starts, as is `check_saved_model(model_path, config)` when given (a
     `ValueError` is a model the tool refuses). Then `load_tool()` (after
-    TensorFlow's start) gives `(from_file,
-    errors, report_text)`: `from_file(--model, output_dir=, config=, dataset=,
-    data_dir=, image_size=, progress=)` does the work; `report_text(result)`
+    TensorFlow's start) gives `(from_file, errors, report_text)`:
+    `from_file(--model, output_dir=, config=, dataset=, data_dir=,
+    image_size=, progress=)` does the work; `report_text(result)`
     is printed, then the files written. Returns the exit status: 2 after
     `error: ...` for a model that is not an MBAKT one or an exception in
     `errors` (a model or environment the tool cannot handle), 1 when
