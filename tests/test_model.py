@@ -54,12 +54,13 @@ class MBAKTModelTest(parameterized.TestCase):
         shape = (16, 16, 1) if name.startswith("small") else (32, 32, 3)
         plain_params, plain_flops, plain_weights = _plain_main_branch(name, shape)
         mbakt = tiny_model(name, input_shape=shape, mode="mbakt", branch_design=design, ensemble="gated")
-        assert mbakt.main_model().count_params() == plain_params
-        assert flops.count_flops(mbakt.main_model()) == plain_flops
+        main = mbakt.main_model()
+        assert main.count_params() == plain_params
+        assert flops.count_flops(main) == plain_flops
         assert mbakt.network.count_params() > plain_params
-        main_layers = {layer.name for layer in mbakt.main_model().layers}
+        main_layers = {layer.name for layer in main.layers}
         assert not any(n.startswith(("branch_", "gate")) for n in main_layers)
-        assert len(mbakt.main_model().weights) == plain_weights
+        assert len(main.weights) == plain_weights
         # Every auxiliary branch is a standalone model (an early exit for "exit").
         for branch in mbakt.branch_names[1:]:
             assert tuple(mbakt.branch_model(branch).output.shape) == (None, 4)
