@@ -52,6 +52,7 @@ VARIANTS = {
     "mbakt_exit": dict(mode="mbakt", **_EXIT),
     "one": comparison.METHODS["one"],
     "mbakt": dict(mode="mbakt"),
+    "mbakt_one_peer": dict(mode="mbakt", num_peers=1),
     "mbakt_deep": dict(mode="mbakt", branch_design="deep"),
 }
 _BREAKDOWN = ("plain", "branches", "byot", "mbakt_exit")
