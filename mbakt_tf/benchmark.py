@@ -22,8 +22,8 @@ The first variants split the extra time of the `exit` design into its parts:
 - `mbakt_exit`: plus the discriminator update and adversarial term.
 
 The others are the heavier designs: `one` (peers, gated teacher, ce + kd),
-`mbakt` (the defaults: peers, gated teacher, all four losses) and
-`mbakt_deep`.
+`mbakt` (the defaults: peers, gated teacher, all four losses),
+`mbakt_one_peer` (the defaults with one peer instead of two) and `mbakt_deep`.
 
 Example:
 ```python
