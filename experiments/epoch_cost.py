@@ -21,12 +21,11 @@ plain's in the same round, then one JSON line. The first round traces and is lef
 import argparse
 import dataclasses
 import json
-import time
 
 import keras
 import numpy as np
 
-from mbakt_tf import guards, resume, training
+from mbakt_tf import guards, resume, run_timing, training
 from mbakt_tf.config import MBAKTConfig
 
 # The default design as `flags/compare_fashion_mnist_5k.cfg` runs it (the mbakt_no_kd variant).
@@ -36,26 +35,8 @@ DEFAULT = MBAKTConfig(branch_design="peer", ensemble="gated", gate_main_weight=0
 VARIANTS = {"plain": dict(mode="plain"), "one_peer": dict(num_peers=1), "two_peers": {}}
 
 
-class PartTimer(keras.callbacks.Callback):
-    """(training part, whole epoch) seconds of each epoch; validation starts the second part."""
-
-    def __init__(self):
-        super().__init__()
-        self.parts = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._train_end = time.perf_counter(), None
-
-    def on_test_begin(self, logs=None):
-        self._train_end = self._train_end or time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        end = time.perf_counter()
-        self.parts.append(((self._train_end or end) - self._start, end - self._start))
-
-
 def one_epoch(model, stream, steps_per_epoch, splits, whole):
-    timer = PartTimer()
+    timer = run_timing.EpochTimer(steps_per_epoch)
     precise = model.precise_batch_norm_examples
     if whole:
         callbacks, validation = [guards.InferenceModeGapGuard(splits.train), timer], splits.validation
@@ -66,7 +47,7 @@ def one_epoch(model, stream, steps_per_epoch, splits, whole):
                   callbacks=callbacks, validation_data=validation)
     finally:
         model.precise_batch_norm_examples = precise
-    return timer.parts[0]
+    return timer.train_epoch_seconds[0], timer.epoch_seconds[0]
 
 
 def main():
